@@ -1,0 +1,46 @@
+"""`compress distill`: the main job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+
+
+@handle_errors
+def distill(
+    teacher: Annotated[Path, typer.Argument(help="Teacher: a compressor checkpoint or a state_dict of teacher.arch.")],
+    recipe: RecipeOption,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>).")] = None,
+    set_: SetOption = None,
+    device: DeviceOption = None,
+    student: Annotated[Optional[str], typer.Option("--student", help="Student architecture, e.g. wrn-16-1.")] = None,
+    student_size: Annotated[
+        Optional[str], typer.Option("--student-size", help="Student size: a fraction of the teacher (0.25) or a count (200k, 1.5M).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a finished run in --out.")] = False,
+    trust_teacher: Annotated[
+        bool, typer.Option("--trust-teacher", help="Allow a fully pickled teacher (runs code from the file!).")
+    ] = False,
+) -> None:
+    """Distil a student from TEACHER with AT+KD, export it to ONNX, verify it with onnxruntime, apply the gates.
+
+    Exit 0: all gates passed; 1: a gate failed (all artifacts still written); 2: bad input; 130: interrupted.
+    """
+    from ..errors import UserError
+    from ..pipeline import distill as run_distill
+    from ..recipe import load_recipe
+
+    sets = overrides(set_, device)
+    if student and student_size:
+        raise UserError("--student and --student-size: give one, not both")
+    if student:
+        sets += [f"student.arch={student}", "student.size=null"]
+    if student_size:
+        sets += [f"student.size={student_size}", "student.arch=null"]
+    r = load_recipe(recipe, sets)
+    run_distill(teacher, r, out or Path("runs") / r.name, resume=resume, force=force, trust_teacher=trust_teacher)

@@ -1,0 +1,349 @@
+"""The jobs behind the commands: train a teacher, and distil + export + verify a student.
+
+Each job is a plain function the CLI calls after parsing; it raises `UserError` for bad input and
+`GateFailure` (after every artifact is written) when a verification gate fails.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt_io
+from .datasets import Batches, DataBundle, Normalize, load_data
+from .device import environment, resolve_device, seed_everything
+from .errors import GateFailure, UserError
+from .features import pair_auto, pair_explicit, probe_points
+from .fileio import write_json, write_text
+from .models import create_model
+from .progress import TrainProgress, console
+from .recipe import Recipe
+from .teachers import load_teacher
+from .trainer import evaluate, fit
+from .verify import count_flops, count_params, verify_student
+
+FINISHED_MARKER = "report.json"
+
+
+@dataclass
+class RunPaths:
+    out: Path
+
+    @property
+    def state(self) -> Path:
+        return self.out / "train_state.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+
+def _prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse to clobber a finished run or silently restart an unfinished one; never delete anything."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    finished = (out / FINISHED_MARKER).exists()
+    unfinished = (out / "train_state.pt").exists()
+    if finished and not force and not resume:
+        raise UserError(f"--out: {out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it")
+    if unfinished and not finished and not resume and not force:
+        raise UserError(f"--out: {out} holds an unfinished run; pass --resume to continue it or --force to start over")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out: cannot create {out} ({e.strerror})") from None
+    probe = out / ".compressor-write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out: {out} is not writable ({e.strerror})") from None
+
+
+def _start_metrics(paths: RunPaths, resume: bool) -> None:
+    if not (resume and paths.state.exists()):
+        write_text(paths.metrics, "")  # a fresh run starts a fresh log (atomically replaced, not deleted)
+
+
+def _batches_for(split, data: DataBundle, device, batch_size: int = 512) -> Batches:
+    return Batches(split.to(device), batch_size, Normalize(data.mean, data.std, device))
+
+
+def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False) -> dict:
+    """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint."""
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
+    paths = RunPaths(out.parent)
+    state_path = out.with_name(out.name + ".state")
+    metrics_path = out.with_name(out.stem + ".metrics.jsonl")
+    if out.exists() and not force and not resume:
+        raise UserError(f"--out: {out} exists; pass --force to overwrite it")
+    if state_path.exists() and not resume and not force:
+        raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
+    _prepare_out_dir(paths.out, resume=True, force=True)
+    dev = resolve_device(device or recipe.device)
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    model = create_model(recipe.teacher.arch, data.num_classes, data.input_shape[0])
+    if not (resume and state_path.exists()):
+        write_text(metrics_path, "")
+    epochs = recipe.teacher.epochs or recipe.train.epochs
+    console.print(
+        f"training teacher [bold]{recipe.teacher.arch}[/] ({count_params(model) / 1e6:.2f}M params) on "
+        f"{data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / {len(data.test)} test images, "
+        f"{epochs} epochs, device {dev}"
+    )
+    result = fit(
+        model, data, recipe, device=dev, state_path=state_path, metrics_path=metrics_path, role="teacher",
+        epochs=epochs, resume=resume, progress=TrainProgress("teacher"),
+    )
+    test = evaluate(result.model, _batches_for(data.test, data, dev), dev)
+    ck = ckpt_io.model_checkpoint(
+        result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,
+        mean=data.mean, std=data.std, dataset=data.name, kind="teacher",
+        metrics={"test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
+                 "val_accuracy": result.best_val_accuracy, "epochs": epochs},
+        recipe=recipe.model_dump(mode="json"),
+    )
+    ckpt_io.save(ck, out)
+    console.print(f"teacher test accuracy {test['accuracy']:.2f}% (best epoch {result.best_epoch}); wrote {out}")
+    return {"path": str(out), "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch}
+
+
+def choose_student(recipe: Recipe, teacher_model: nn.Module, teacher_arch: str) -> tuple[str, dict]:
+    """The student's architecture: named in the recipe, or sized from the teacher's family."""
+    if recipe.student.arch:
+        return recipe.student.arch, {"how": "named in the recipe"}
+    from .sizing import choose_student_size
+
+    return choose_student_size(teacher_arch, teacher_model, recipe.student.size)
+
+
+def _pairs(recipe: Recipe, teacher: nn.Module, student: nn.Module, input_shape) -> list[tuple]:
+    """[(teacher Point, student Point)] for attention transfer, auto or explicit."""
+    t_points = probe_points(teacher, input_shape)
+    s_points = probe_points(student, input_shape)
+    if recipe.distill.at.pairs == "auto":
+        return pair_auto(t_points, s_points)
+    return pair_explicit(recipe.distill.at.pairs, t_points, s_points)
+
+
+def distill(
+    teacher_path: Path,
+    recipe: Recipe,
+    out: Path,
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    trust_teacher: bool = False,
+) -> dict:
+    """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails."""
+    started = time.perf_counter()
+    paths = RunPaths(out)
+    _prepare_out_dir(out, resume=resume, force=force)
+    dev = resolve_device(device or recipe.device)
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher)
+    student_arch, sizing = choose_student(recipe, teacher.model, teacher.arch)
+    student = create_model(student_arch, data.num_classes, data.input_shape[0])
+    at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
+    point_pairs = _pairs(recipe, teacher.model, student, data.input_shape) if at_on else []
+    pairs = [(s.module, t.module, s.module) for t, s in point_pairs]
+    console.print(
+        f"distilling [bold]{student_arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
+        f"({count_params(teacher.model) / 1e6:.3f}M, {teacher.source}) on {data.name}: {len(data.train)} train images, "
+        f"{recipe.train.epochs} epochs, methods {'+'.join(recipe.methods()) or 'none (student alone)'}, device {dev}"
+    )
+    for t, s in point_pairs:
+        console.print(f"  attention pair: teacher {t.module} {list(t.shape)} <-> student {s.module} {list(s.shape)}")
+    _start_metrics(paths, resume)
+    result = fit(
+        student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
+        teacher=teacher.model, pairs=pairs, resume=resume, progress=TrainProgress("distill"),
+    )
+    test_batches = _batches_for(data.test, data, dev)
+    t_test = evaluate(teacher.model.to(dev), test_batches, dev)
+    s_test = evaluate(result.model, test_batches, dev)
+    ck = ckpt_io.model_checkpoint(
+        result.model, arch=student_arch, classes=data.classes, input_shape=data.input_shape, mean=data.mean,
+        std=data.std, dataset=data.name, kind="student",
+        metrics={"test_accuracy": s_test["accuracy"], "best_epoch": result.best_epoch,
+                 "val_accuracy": result.best_val_accuracy, "epochs": recipe.train.epochs},
+        teacher={"path": str(teacher_path), "arch": teacher.arch, "test_accuracy": t_test["accuracy"]},
+        recipe=recipe.model_dump(mode="json"),
+    )
+    ckpt_io.save(ck, out / "student.pt")
+    console.print(f"test accuracy (PyTorch): teacher {t_test['accuracy']:.2f}%, student {s_test['accuracy']:.2f}%")
+
+    report = {
+        "passed": None,
+        "recipe": recipe.name,
+        "teacher": {
+            "arch": teacher.arch, "source": teacher.source, "path": str(teacher_path),
+            "params": count_params(teacher.model), "flops": count_flops(teacher.model, data.input_shape),
+            "accuracy": t_test["accuracy"], "onnx_accuracy": None,
+        },
+        "student": {
+            "arch": student_arch, "params": count_params(result.model),
+            "flops": count_flops(result.model, data.input_shape), "accuracy": s_test["accuracy"],
+            "onnx_accuracy": None, "sizing": sizing,
+        },
+        "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
+                 "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std)},
+        "distillation": {
+            "methods": recipe.methods(),
+            "pairs": [{"teacher": t.module, "student": s.module, "shape": list(s.shape), "teacher_shape": list(t.shape)}
+                      for t, s in point_pairs],
+            "beta": recipe.distill.at.beta if at_on else None,
+            "epochs": recipe.train.epochs,
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second,
+            "batch_size": recipe.train.batch_size,
+            "lr": recipe.train.lr,
+            "resumed_from_epoch": result.resumed_from,
+            "history": result.history,
+        },
+    }
+    report.update(verify_student(result.model, teacher.model, data, recipe, out, report, dev))
+    report["environment"] = environment(dev)
+    report["wall_seconds"] = time.perf_counter() - started
+    report["passed"] = all(g["passed"] for g in report["gates"])
+
+    from .report import print_summary, render_markdown
+
+    write_text(out / "report.md", render_markdown(report))
+    write_json(out / "report.json", report)
+    print_summary(report)
+    console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
+    failed = [g for g in report["gates"] if not g["passed"]]
+    if failed:
+        raise GateFailure(*(f"gate {g['name']} failed: value {_fmt(g['value'])}, limit {_fmt(g['limit'])}" for g in failed))
+    return report
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else json.dumps(v)
+
+
+def export_checkpoint(path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4) -> dict:
+    """`compress export`: a checkpoint to ONNX plus the parity check on real test images of its dataset."""
+    from .export import check_parity, export_onnx
+    from .verify import PARITY_IMAGES
+
+    model, ck = ckpt_io.load_model(path)
+    shape = tuple(ck["input_shape"])
+    meta = {"compressor.arch": ck["arch"], "compressor.classes": json.dumps(ck["classes"]),
+            "compressor.mean": json.dumps(ck["mean"]), "compressor.std": json.dumps(ck["std"]),
+            "compressor.input_shape": json.dumps(ck["input_shape"]), "compressor.kind": ck.get("kind", "model")}
+    info = export_onnx(model, out, input_shape=shape, opset=opset, metadata=meta)
+    images = _parity_images(ck, shape)
+    parity = check_parity(model, out, images, batch_sizes=(1, 17))
+    info["max_abs_diff"] = parity["max_abs_diff"]
+    console.print(f"wrote {out} (opset {opset}, dynamic batch); max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} "
+                  f"on {len(images)} {'test images' if ck.get('dataset') else 'random inputs'}")
+    if parity["max_abs_diff"] > max_abs_diff:
+        raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {max_abs_diff:g}; {out} does not "
+                          "compute what the checkpoint does")
+    return info
+
+
+def _parity_images(ck: dict, shape) -> torch.Tensor:
+    """Real test images of the checkpoint's dataset when they are at hand, else seeded random inputs."""
+    from .recipe import DataConfig
+    from .verify import PARITY_IMAGES
+
+    try:
+        data = load_data(DataConfig(name=ck.get("dataset", ""), limit_test=PARITY_IMAGES, val_fraction=0.0), 0)
+        if data.input_shape == shape:
+            return Normalize(data.mean, data.std, torch.device("cpu"))(data.test.images).contiguous()
+    except (UserError, ValueError):  # another dataset, or not on this machine
+        pass
+    return torch.randn(PARITY_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path) -> dict:
+    """`compress verify`: ONNX accuracy on the recipe's test split and latency, against a baseline if given."""
+    from .report import latency_table
+    from .runtime import check_onnx_file, create_session, latency_meta, measure_latency
+    from .verify import _latency_gates, gate, onnx_split_accuracy
+
+    check_onnx_file(model_path)
+    if baseline is not None:
+        check_onnx_file(baseline)
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    v = recipe.verify
+    result: dict = {"model": str(model_path), "baseline": str(baseline) if baseline else None}
+    sessions = {"student": create_session(model_path, threads=v.threads, device=recipe.device)}
+    if baseline is not None:
+        sessions["teacher"] = create_session(baseline, threads=v.threads, device=recipe.device)
+    _check_input(sessions, data)
+    accuracy, latency = {}, {**latency_meta(sessions["student"])}
+    for role, sess in sessions.items():
+        accuracy[role] = onnx_split_accuracy(sess, data.test, data)
+        latency[role] = measure_latency(sess, v.batch_sizes, data.input_shape, warmup=v.warmup, min_runs=v.min_runs,
+                                        min_seconds=v.min_seconds, seed=recipe.seed)
+    if baseline is not None:
+        latency["speedup"] = {b: latency["teacher"][b]["p50_ms"] / latency["student"][b]["p50_ms"] for b in latency["student"]}
+    gates = []
+    if baseline is not None and v.max_accuracy_drop is not None:
+        drop = accuracy["teacher"] - accuracy["student"]
+        gates.append(gate("max_accuracy_drop", v.max_accuracy_drop, drop, drop <= v.max_accuracy_drop))
+    gates += _latency_gates(v, latency)
+    result.update(accuracy={("baseline" if k == "teacher" else "model"): a for k, a in accuracy.items()},
+                  test_images=len(data.test), latency=latency, gates=gates,
+                  passed=all(g["passed"] for g in gates), environment=environment(torch.device("cpu")))
+    write_json(out, result)
+    latency_table(result)
+    console.print(f"wrote {out}")
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        raise GateFailure(*(f"gate {g['name']} failed: value {_fmt(g['value'])}, limit {_fmt(g['limit'])}" for g in failed))
+    return result
+
+
+def _check_input(sessions: dict, data: DataBundle) -> None:
+    for role, sess in sessions.items():
+        dims = sess.inner.get_inputs()[0].shape  # [N, C, H, W] with symbolic or fixed entries
+        fixed = [d for d in dims[1:] if isinstance(d, int)]
+        if len(fixed) == 3 and tuple(fixed) != tuple(data.input_shape):
+            raise UserError(f"{sess.path}: takes inputs of shape {tuple(fixed)}, the recipe's data has {data.input_shape}")
+
+
+def inspect_model(model: str, *, input_shape: str | None, num_classes: int = 10) -> list:
+    """`compress inspect`: candidate attention points of a checkpoint or a registered architecture."""
+    from rich.table import Table
+
+    from .models import is_registered
+
+    if Path(model).exists():
+        net, ck = ckpt_io.load_model(model)
+        shape, arch = tuple(ck["input_shape"]), ck["arch"]
+    elif is_registered(model):
+        try:
+            shape = tuple(int(v) for v in (input_shape or "3,32,32").split(","))
+            assert len(shape) == 3 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise UserError(f"--input-shape: expected C,H,W such as 3,32,32, got {input_shape!r}") from None
+        net, arch = create_model(model, num_classes, shape[0]), model
+    else:
+        raise UserError(f"{model}: neither a file nor a registered architecture (see `compress inspect --help`)")
+    points = probe_points(net, shape)
+    table = Table(title=f"attention points of {arch} (input {shape[0]}x{shape[1]}x{shape[2]})", title_justify="left")
+    for h in ("module", "output shape (C, H, W)", "stride"):
+        table.add_column(h)
+    for p in points:
+        table.add_row(p.module, str(tuple(p.shape)), str(p.stride))
+    from rich.console import Console
+
+    Console(highlight=False).print(table)
+    return points

@@ -1,0 +1,327 @@
+"""The onnxruntime side: validate a model file, open it, predict, time it, quantise it to int8.
+
+Everything the report states about a measurement (provider, threads, graph optimisation level) is
+recorded on the `Session` when it is created, so the numbers and their conditions cannot drift apart.
+
+    session = create_session("student.onnx", threads=4)
+    acc = onnx_accuracy(session, test_images, test_labels)                      # top-1, percent
+    lat = measure_latency(session, [1, 64], (1, 28, 28))                        # {"1": {p50_ms, ...}, ...}
+    quantize_int8("student.onnx", "student.int8.onnx", train_images[:512])
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from google.protobuf.message import DecodeError
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from .errors import UserError
+from .fileio import atomic_path
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+# What onnxruntime raises when it cannot load a model (none of these derive from RuntimeError).
+_ORT_LOAD_ERRORS = (
+    ort_state.Fail,
+    ort_state.InvalidArgument,
+    ort_state.InvalidGraph,
+    ort_state.InvalidProtobuf,
+    ort_state.NotImplemented,
+    ort_state.NoSuchFile,
+    ort_state.EPFail,
+    ort_state.RuntimeException,
+)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Graph inputs that are fed at run time (older exporters also list every weight as an input)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def check_onnx_file(path: str | os.PathLike) -> onnx.ModelProto:
+    """Validate a user-given ONNX classifier before onnxruntime sees it (its errors are long C++ messages).
+
+    Checks: the file exists and reads, parses as ONNX, passes `onnx.checker`, has exactly one float input
+    of rank 4 (N, C, H, W) and exactly one output. Raises UserError naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        model = onnx.load_model(path, format="protobuf")  # also loads any external-data side file
+        onnx.checker.check_model(model)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    except DecodeError:
+        raise UserError(f"{path}: not an ONNX file (it does not parse; truncated, or another format?)") from None
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise UserError(f"{path}: not a valid ONNX model ({_first_line(e)})") from None
+
+    inputs = _image_inputs(model)
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UserError(
+            f"{path}: an image classifier needs exactly one input and one output "
+            f"(this model has {len(inputs)} inputs and {len(model.graph.output)} outputs)"
+        )
+    tensor = inputs[0].type.tensor_type
+    if tensor.elem_type != onnx.TensorProto.FLOAT or len(tensor.shape.dim) != 4:
+        dtype = onnx.TensorProto.DataType.Name(tensor.elem_type)
+        raise UserError(
+            f"{path}: input '{inputs[0].name}' must be a float tensor (N, C, H, W), "
+            f"not {dtype} of rank {len(tensor.shape.dim)}"
+        )
+    return model
+
+
+def _available_cpus() -> int:
+    """CPUs this process may run on (respects taskset and cpuset limits, unlike os.cpu_count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Session:
+    """An onnxruntime session plus the conditions every measurement made with it must report."""
+
+    inner: ort.InferenceSession
+    path: Path
+    provider: str  # the provider that actually runs the graph, after any fallback
+    threads: int  # intra-op threads
+    graph_optimization: str  # a key of OPTIMIZATION_LEVELS
+    input_name: str
+    output_name: str
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) float32 -> (B, classes) logits."""
+        return self.inner.run([self.output_name], {self.input_name: batch})[0]
+
+
+def create_session(
+    path: str | os.PathLike,
+    *,
+    threads: int | None = None,
+    device: str = "auto",
+    optimization: str = "all",
+) -> Session:
+    """Validate `path` and open it with CUDA when available and `device` allows it, else on CPU.
+
+    `threads=None` means one intra-op thread per available CPU. It is set explicitly rather than left
+    to onnxruntime's default because the session cannot report what its default turned out to be.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device: must be auto, cpu or cuda (got {device!r})")
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise UserError(f"optimization: must be one of {', '.join(OPTIMIZATION_LEVELS)} (got {optimization!r})")
+    has_cuda = CUDA in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise UserError("device: cuda was asked for but onnxruntime has no CUDAExecutionProvider "
+                        "(install onnxruntime-gpu instead of onnxruntime)")
+    check_onnx_file(path)
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.intra_op_num_threads = threads or _available_cpus()
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to a user
+    providers = [CUDA, CPU] if has_cuda and device != "cpu" else [CPU]
+    try:
+        inner = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except _ORT_LOAD_ERRORS as e:
+        raise UserError(f"{path}: onnxruntime cannot load this model ({_first_line(e)})") from None
+    provider = inner.get_providers()[0]
+    if device == "cuda" and provider != CUDA:  # CUDA libraries missing: onnxruntime fell back to CPU
+        raise UserError(f"{path}: onnxruntime could not start CUDAExecutionProvider (check CUDA/cuDNN libraries)")
+    return Session(
+        inner=inner,
+        path=Path(path),
+        provider=provider,
+        threads=options.intra_op_num_threads,
+        graph_optimization=optimization,
+        input_name=inner.get_inputs()[0].name,
+        output_name=inner.get_outputs()[0].name,
+    )
+
+
+def _as_float32(images) -> np.ndarray:
+    """A torch tensor (any device) or array -> contiguous float32 numpy array."""
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def onnx_predict(session: Session, images, batch_size: int = 256) -> np.ndarray:
+    """(N, C, H, W) normalised images -> (N, classes) logits, run in chunks of `batch_size`."""
+    images = _as_float32(images)
+    return np.concatenate([session.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def onnx_accuracy(session: Session, images, labels, batch_size: int = 256) -> float:
+    """Top-1 accuracy in percent."""
+    predicted = onnx_predict(session, images, batch_size).argmax(axis=1)  # (N,)
+    labels = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    return float(100.0 * (predicted == labels).mean())
+
+
+def _runner(session: Session, batch: np.ndarray) -> Callable[[], object]:
+    """A zero-argument call that runs the model once on `batch`, as the provider is meant to be used.
+
+    On CUDA the input is copied to the GPU once and the output stays there (IO binding), so the timing
+    is the model and not host<->device copies; synchronize_outputs makes each call wait for the GPU.
+    """
+    if session.provider != CUDA:
+        feed = {session.input_name: batch}
+        return lambda: session.inner.run([session.output_name], feed)
+    binding = session.inner.io_binding()
+    binding.bind_ortvalue_input(session.input_name, ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+    binding.bind_output(session.output_name, "cuda", 0)
+
+    def run() -> None:
+        session.inner.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    return run
+
+
+def measure_latency(
+    session: Session,
+    batch_sizes: Iterable[int],
+    input_shape: tuple[int, int, int],
+    *,
+    warmup: int = 10,  # first runs allocate memory and pick kernels; they are not the steady state
+    min_runs: int = 100,  # enough for a stable p99
+    min_seconds: float = 1.0,  # and long enough to span scheduler and frequency noise
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Time one forward pass per batch size; returns {"<batch>": {p50_ms, p90_ms, p99_ms, mean_ms, ...}}.
+
+    Inputs are fixed seeded random images of `input_shape` (C, H, W): a CNN's cost does not depend on
+    pixel values, and a fixed input makes runs comparable. Each run is timed alone with perf_counter,
+    so percentiles are of single calls. Throughput (images/s) is derived from the median.
+    """
+    rng = np.random.default_rng(seed)
+    results: dict[str, dict] = {}
+    for b in batch_sizes:
+        batch = rng.standard_normal((b, *input_shape), dtype=np.float32)  # (B, C, H, W)
+        run = _runner(session, batch)
+        for _ in range(warmup):
+            run()
+        times = []
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        ms = np.array(times) * 1000.0
+        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+        results[str(b)] = {
+            "p50_ms": float(p50),
+            "p90_ms": float(p90),
+            "p99_ms": float(p99),
+            "mean_ms": float(ms.mean()),
+            "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+            "min_ms": float(ms.min()),
+            "runs": len(ms),
+            "throughput": float(b / (p50 / 1000.0)),
+        }
+    return results
+
+
+def latency_meta(session: Session) -> dict:
+    """The conditions of a latency measurement, for the report next to the numbers."""
+    return {
+        "provider": session.provider,
+        "threads": session.threads,
+        "graph_optimization": session.graph_optimization,
+        "io_binding": session.provider == CUDA,
+        "onnxruntime": ort.__version__,
+    }
+
+
+class _ImageReader(CalibrationDataReader):
+    """Feeds calibration images to the quantiser in batches (the exported model has a dynamic batch axis)."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 64):
+        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    calibration_images,
+    *,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+) -> dict:
+    """Static int8 quantisation (QDQ format, MinMax calibration on real, normalised training images).
+
+    A few hundred images calibrate a small CNN well; all of `calibration_images` are used.
+    Activations are uint8 and weights int8, onnxruntime's recommendation for x86 CPUs. `reduce_range`
+    (7-bit weights) is on by default so the model is correct on CPUs without VNNI too, where 8-bit
+    products can saturate; turn it off when the target CPU is known to have VNNI.
+    `quant_pre_process` runs first (symbolic shape inference and graph clean-up), as onnxruntime
+    advises; the metadata of the fp32 model (class names, normalisation) is copied onto the result.
+    """
+    fp32 = check_onnx_file(fp32_path)
+    images = _as_float32(calibration_images)  # (N, C, H, W)
+    input_name = _image_inputs(fp32)[0].name
+    with tempfile.TemporaryDirectory(prefix="compressor-quant-") as work:
+        prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            _ImageReader(input_name, images),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        model = onnx.load_model(quantized)
+    present = {p.key for p in model.metadata_props}
+    for prop in fp32.metadata_props:
+        if prop.key not in present:
+            model.metadata_props.append(prop)
+    with atomic_path(out_path) as tmp:
+        onnx.save_model(model, tmp, format="protobuf")
+    return {
+        "path": str(out_path),
+        "format": "QDQ",
+        "activations": "uint8",
+        "weights": "int8",
+        "per_channel": per_channel,
+        "reduce_range": reduce_range,
+        "calibration_images": len(images),
+        "bytes": Path(out_path).stat().st_size,
+    }

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real CLI in-process (CliRunner) and as a subprocess, and small real data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from compressor.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "fashion_at.yaml"
+# A smoke budget: a few hundred real Fashion-MNIST images, one epoch, short latency runs.
+SMOKE = [
+    "data.limit_train=640", "data.limit_test=300", "train.epochs=1", "teacher.epochs=1",
+    "verify.min_runs=10", "verify.min_seconds=0", "verify.warmup=2", "verify.min_speedup=null",
+    "verify.max_accuracy_drop=null",
+]
+
+
+def sets(*overrides: str) -> list[str]:
+    out = []
+    for o in (*SMOKE, *overrides):
+        out += ["--set", o]
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _data_env(monkeypatch):
+    monkeypatch.setenv("COMPRESSOR_DATA", str(ROOT / "data"))
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """The real console script in a subprocess (what a user or CI pipeline runs)."""
+    full_env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", **(env or {})}
+    exe = Path(sys.executable).with_name("compress")
+    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
+                          timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    """A real WRN-16-2 teacher trained by `compress train` on a Fashion-MNIST subset (one epoch)."""
+    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    r = run_cli("train", "--recipe", RECIPE, "--out", out, *sets("data.limit_train=1280"))
+    assert r.returncode == 0, r.stderr
+    return out
