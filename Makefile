@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 RUN    ?= runs/fashion_at
 
-.PHONY: demo test data venv clean
+.PHONY: demo test data venv clean bench bench-venv
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ demo: data
 
 test: data
 	$(PY) -m pytest -q
+
+# Throughput against the floor and against torchdistill, then ONNX vs eager latency (docs/BENCHMARKS.md).
+# torchdistill lives in its own venv, never in the package's dependencies; the venv reuses .venv's torch through
+# a .pth file and installs torchdistill alone (--no-deps). BENCH_ARGS=--quick for the short run.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: $(VENV)/.installed
+	$(PY) benchmarks/torchdistill_run.py $(BENCH_VENV) && touch $@
+
+bench-venv: $(BENCH_VENV)/.installed
+
+bench: data bench-venv
+	$(PY) benchmarks/distill_throughput.py --bench-venv $(BENCH_VENV) $(BENCH_ARGS)
+	$(PY) benchmarks/latency.py $(if $(findstring --quick,$(BENCH_ARGS)),--quick)
 
 clean:
 	rm -rf runs build *.egg-info

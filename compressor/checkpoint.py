@@ -7,7 +7,6 @@ reads it without unpickling any code.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +45,18 @@ def model_checkpoint(
 
 
 def save(obj: dict, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # through a Python file object, so a full disk raises OSError(ENOSPC) for atomic_path to report; torch's
+    # zip writer may still wrap it in a RuntimeError while closing the archive, so unwrap that
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            cause = e.__context__ or e.__cause__
+            while cause is not None and not isinstance(cause, OSError):
+                cause = cause.__context__ or cause.__cause__
+            if cause is None:
+                raise
+            raise cause from None
 
 
 def load_trusted_dict(path: str | Path) -> Any:
@@ -66,7 +75,7 @@ def load_trusted_dict(path: str | Path) -> Any:
                 "when loaded; re-save a state_dict, or pass --trust-teacher if you trust this file"
             ) from None
         raise UserError(f"{p}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:  # untrusted bytes fail in many ways (KeyError, struct.error, ...): all mean the same
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{p}: not a readable PyTorch checkpoint (truncated or another format: {first})") from None
 

@@ -113,6 +113,8 @@ def prepare_fashion_mnist(root: str | os.PathLike) -> Path:
 def _check_root(root: Path, what: str) -> None:
     if not root.exists():
         raise UserError(f"data.root: {root} does not exist ({what})")
+    if not root.is_dir():
+        raise UserError(f"data.root: {root} is a file, not a folder ({what})")
     if not os.access(root, os.R_OK | os.X_OK):
         raise UserError(f"data.root: {root} is not readable")
 
@@ -129,7 +131,12 @@ def _load_fashion_mnist(root: Path):
         prepare_fashion_mnist(root)
     splits = []
     for train in (True, False):
-        ds = FashionMNIST(str(root), train=train, download=False)
+        try:
+            ds = FashionMNIST(str(root), train=train, download=False)
+        except Exception as e:  # truncated or foreign IDX files fail in torchvision's parser in many ways
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            where = root / "FashionMNIST" / "raw"
+            raise UserError(f"data.root: {where}/ holds unreadable Fashion-MNIST files ({why})") from None
         splits.append(Split(ds.data.unsqueeze(1).contiguous(), ds.targets.long()))
     return splits[0], splits[1], list(ds.classes)
 
@@ -261,16 +268,22 @@ class Normalize:
         return torch.addcmul(self.shift, x.float(), self.scale)
 
 
-def augment_batch(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x: torch.Tensor, pad: int, flip: bool, g: torch.Generator, share: tuple[int, int] | None = None
+) -> torch.Tensor:
     """The paper's augmentation for a whole uint8 batch at once: reflect-pad, random crop, horizontal flip.
 
     (N, C, H, W) -> (N, C, H, W). Offsets and flips come from `g` (on the CPU), so a run is reproducible and
-    a resumed epoch sees exactly the batches the interrupted one would have.
+    a resumed epoch sees exactly the batches the interrupted one would have. `share=(start, total)`: `x` is
+    images start..start+N of a batch of `total` (one rank's part); the draws are made for the whole batch, so
+    every image gets the crop and flip it gets in a single process.
     """
     n, c, h, w = x.shape
+    start, total = share or (0, n)
+    keep = slice(start, start + n)
     if pad > 0:
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=g).to(x.device)
+        oy = torch.randint(0, 2 * pad + 1, (total,), generator=g)[keep].to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (total,), generator=g)[keep].to(x.device)
         # reflect padding is not implemented for uint8: pad as float, then crop by gathering rows and columns
         padded = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
         rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
@@ -279,7 +292,7 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, g: torch.Generator) -> 
         x = padded[batch, :, rows, cols]  # (N, H, W, C): advanced indices first, then the sliced channels
         x = x.permute(0, 3, 1, 2).to(torch.uint8)  # (N, C, H, W), channels_last in memory
     if flip:
-        mask = (torch.rand(n, generator=g) < 0.5).to(x.device)
+        mask = (torch.rand(total, generator=g) < 0.5)[keep].to(x.device)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -288,7 +301,9 @@ class Batches:
     """Iterate over a Split in batches: shuffled and augmented for training, in order for evaluation.
 
     `epoch_generator(epoch)` fixes the permutation and augmentation of each epoch from the seed alone;
-    `start` skips the first batches of an epoch (used when resuming mid-epoch).
+    `start` skips the first batches of an epoch (used when resuming mid-epoch). With `world` > 1 (data-parallel
+    training) `batch_size` is the global batch and rank `rank` gets its contiguous share of each one, the
+    equivalent of DistributedSampler: the ranks together see exactly the single-process batches.
     """
 
     def __init__(
@@ -302,9 +317,12 @@ class Batches:
         flip: bool = False,
         seed: int = 0,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.split, self.batch_size, self.normalize = split, batch_size, normalize
         self.train, self.pad, self.flip, self.seed, self.drop_last = train, pad, flip, seed, drop_last
+        self.rank, self.world = rank, world
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -318,14 +336,15 @@ class Batches:
         g = self.epoch_generator(epoch)
         order = torch.randperm(n, generator=g).to(self.split.images.device) if self.train else None
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            sl = slice(lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world)
             if order is not None:
                 idx = order[sl]
                 x, y = self.split.images[idx], self.split.labels[idx]
             else:
                 x, y = self.split.images[sl], self.split.labels[sl]
-            if self.train and (self.pad or self.flip):
-                x = augment_batch(x, self.pad, self.flip, g)  # draws from g even for skipped batches
+            if self.train and (self.pad or self.flip):  # draws from g even for skipped batches
+                x = augment_batch(x, self.pad, self.flip, g, share=(sl.start - lo, hi - lo))
             if i < start:
                 continue
             yield self.normalize(x), y

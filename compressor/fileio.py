@@ -1,7 +1,8 @@
 """Atomic file writes: every artifact goes to a temporary name in its own directory, then is renamed.
 
 A reader (a CI pipeline, a person) therefore sees either the previous file or the complete new one,
-never a truncated file, however the process dies.
+never a truncated file, however the process dies: a kill leaves at most a hidden `.NAME.*.tmp` beside it.
+Every failure to write (no space, read-only, not a directory) becomes one `UserError` line naming the file.
 """
 
 from __future__ import annotations
@@ -17,11 +18,34 @@ from typing import Any
 
 from .errors import UserError
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_error(path: Path, e: OSError) -> UserError:
+    """The one-line message for an OSError met while writing `path`."""
+    if e.errno in _NO_SPACE:
+        return UserError(f"{path}: no space left on device while saving (the previous file, if any, is unchanged)")
+    if e.errno == errno.EFBIG:
+        return UserError(f"{path}: file too large for this file system or the file-size limit (ulimit -f)")
+    return UserError(f"{path}: cannot write ({e.strerror or e})")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    A device or FIFO (`--out /dev/null`, `/dev/stdout`) is written in place: there is nothing to replace, and
+    renaming over it would destroy the device node.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a file")
+    if path.exists() and not path.is_file():
+        try:
+            yield path
+        except OSError as e:
+            raise write_error(path, e) from None
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,9 +61,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise UserError(f"{path}: no space left on device while saving") from None
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+        raise write_error(path, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -60,11 +82,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
+    write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one line; used for metrics.jsonl (a torn last line is skipped by `read_jsonl`)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, default=str) + "\n")
-        f.flush()
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(obj, default=str) + "\n")
+            f.flush()
+    except OSError as e:
+        raise write_error(Path(path), e) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

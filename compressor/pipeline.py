@@ -15,15 +15,16 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .datasets import Batches, DataBundle, Normalize, load_data
 from .device import environment, resolve_device, seed_everything
 from .errors import GateFailure, UserError
-from .features import pair_auto, pair_explicit, probe_points
+from .features import all_points, pair_auto, pair_explicit, probe_points
 from .fileio import write_json, write_text
 from .models import create_model
 from .progress import TrainProgress, console
 from .recipe import Recipe
-from .teachers import load_teacher
+from .teachers import Teacher, load_teacher, open_model
 from .trainer import evaluate, fit
 from .verify import count_flops, count_params, verify_student
 
@@ -85,13 +86,13 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
         raise UserError(f"--out: {out} exists; pass --force to overwrite it")
     if state_path.exists() and not resume and not force:
         raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
-    _prepare_out_dir(paths.out, resume=True, force=True)
-    dev = resolve_device(device or recipe.device)
+    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    distributed.on_main(_prepare_out_dir, paths.out, resume=True, force=True)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     model = create_model(recipe.teacher.arch, data.num_classes, data.input_shape[0])
     if not (resume and state_path.exists()):
-        write_text(metrics_path, "")
+        distributed.on_main(write_text, metrics_path, "")
     epochs = recipe.teacher.epochs or recipe.train.epochs
     console.print(
         f"training teacher [bold]{recipe.teacher.arch}[/] ({count_params(model) / 1e6:.2f}M params) on "
@@ -100,8 +101,10 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
     )
     result = fit(
         model, data, recipe, device=dev, state_path=state_path, metrics_path=metrics_path, role="teacher",
-        epochs=epochs, resume=resume, progress=TrainProgress("teacher"),
+        epochs=epochs, resume=resume, progress=TrainProgress("teacher") if distributed.is_main() else None,
     )
+    if not distributed.finish():  # the other ranks are done; rank 0 tests and saves
+        return {}
     test = evaluate(result.model, _batches_for(data.test, data, dev), dev)
     ck = ckpt_io.model_checkpoint(
         result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,
@@ -115,22 +118,27 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
     return {"path": str(out), "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch}
 
 
-def choose_student(recipe: Recipe, teacher_model: nn.Module, teacher_arch: str) -> tuple[str, dict]:
-    """The student's architecture: named in the recipe, or sized from the teacher's family."""
-    if recipe.student.arch:
-        return recipe.student.arch, {"how": "named in the recipe"}
+def choose_student(recipe: Recipe, teacher: Teacher, data: DataBundle) -> tuple[str, dict]:
+    """The student's architecture, named in the recipe or sized from the teacher's family; the choice and the
+    reason are printed and go into report.json (`student.sizing`)."""
     from .sizing import choose_student_size
 
-    return choose_student_size(teacher_arch, teacher_model, recipe.student.size)
+    if recipe.student.arch:  # its params and flops are the report's student.params / student.flops
+        return recipe.student.arch, {"how": "named", "arch": recipe.student.arch, "reason": "named in the recipe"}
+    arch, sizing = choose_student_size(
+        teacher.arch, count_params(teacher.model), recipe.student.size, num_classes=data.num_classes,
+        input_shape=data.input_shape,
+    )
+    console.print(f"student size {sizing['target']}: {sizing['reason']}; {sizing['flops'] / 1e6:.2f}M FLOPs / image")
+    return arch, sizing
 
 
 def _pairs(recipe: Recipe, teacher: nn.Module, student: nn.Module, input_shape) -> list[tuple]:
-    """[(teacher Point, student Point)] for attention transfer, auto or explicit."""
-    t_points = probe_points(teacher, input_shape)
-    s_points = probe_points(student, input_shape)
+    """[(teacher Point, student Point)] for attention transfer: auto pairs the stage outputs by resolution;
+    explicit pairs may name any module with a 4-D output."""
     if recipe.distill.at.pairs == "auto":
-        return pair_auto(t_points, s_points)
-    return pair_explicit(recipe.distill.at.pairs, t_points, s_points)
+        return pair_auto(probe_points(teacher, input_shape), probe_points(student, input_shape))
+    return pair_explicit(recipe.distill.at.pairs, all_points(teacher, input_shape), all_points(student, input_shape))
 
 
 def distill(
@@ -146,15 +154,17 @@ def distill(
     """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails."""
     started = time.perf_counter()
     paths = RunPaths(out)
-    _prepare_out_dir(out, resume=resume, force=force)
-    dev = resolve_device(device or recipe.device)
+    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    parallel = distributed.describe(recipe.train)
+    distributed.on_main(_prepare_out_dir, out, resume=resume, force=force)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher)
-    student_arch, sizing = choose_student(recipe, teacher.model, teacher.arch)
+    student_arch, sizing = choose_student(recipe, teacher, data)
     student = create_model(student_arch, data.num_classes, data.input_shape[0])
     at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
-    point_pairs = _pairs(recipe, teacher.model, student, data.input_shape) if at_on else []
+    uses_pairs = at_on or (recipe.distill.feature.enabled and recipe.distill.feature.beta > 0)  # AT and F-ActT
+    point_pairs = _pairs(recipe, teacher.model, student, data.input_shape) if uses_pairs else []
     pairs = [(s.module, t.module, s.module) for t, s in point_pairs]
     console.print(
         f"distilling [bold]{student_arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
@@ -163,11 +173,15 @@ def distill(
     )
     for t, s in point_pairs:
         console.print(f"  attention pair: teacher {t.module} {list(t.shape)} <-> student {s.module} {list(s.shape)}")
-    _start_metrics(paths, resume)
+    distributed.on_main(_start_metrics, paths, resume)
+    initial_student = {k: v.detach().clone() for k, v in student.state_dict().items()}  # the "before" figure
     result = fit(
         student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
-        teacher=teacher.model, pairs=pairs, resume=resume, progress=TrainProgress("distill"),
+        teacher=teacher.model, pairs=pairs, resume=resume,
+        progress=TrainProgress("distill") if distributed.is_main() else None,
     )
+    if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
+        return {}
     test_batches = _batches_for(data.test, data, dev)
     t_test = evaluate(teacher.model.to(dev), test_batches, dev)
     s_test = evaluate(result.model, test_batches, dev)
@@ -213,10 +227,14 @@ def distill(
             "history": result.history,
         },
     }
+    report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
     report.update(verify_student(result.model, teacher.model, data, recipe, out, report, dev))
     report["environment"] = environment(dev)
     report["wall_seconds"] = time.perf_counter() - started
     report["passed"] = all(g["passed"] for g in report["gates"])
+    from .figures import write_figures
+
+    report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, point_pairs)
 
     from .report import print_summary, render_markdown
 
@@ -234,11 +252,21 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else json.dumps(v)
 
 
-def export_checkpoint(path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4) -> dict:
-    """`compress export`: a checkpoint to ONNX plus the parity check on real test images of its dataset."""
+def export_checkpoint(
+    path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4, input_shape: str | None = None,
+    arch: str | None = None, trust: bool = False,
+) -> dict:
+    """`compress export`: a checkpoint to ONNX plus the parity check on real test images of its dataset.
+
+    The other teacher formats (state_dict with `arch`, TorchScript, torch.export, a trusted pickle) export too,
+    with the parity check on seeded random inputs of `input_shape` (or the shape the file records)."""
     from .export import check_parity, export_onnx
     from .verify import PARITY_IMAGES
 
+    teacher = open_model(path, arch=arch, input_shape=parse_shape(input_shape), trust=trust, names=False)
+    if teacher.source != "compressor checkpoint":
+        return _export_model_file(path, teacher, out, opset=opset, max_abs_diff=max_abs_diff,
+                                  shape=parse_shape(input_shape))
     model, ck = ckpt_io.load_model(path)
     shape = tuple(ck["input_shape"])
     meta = {"compressor.arch": ck["arch"], "compressor.classes": json.dumps(ck["classes"]),
@@ -253,6 +281,27 @@ def export_checkpoint(path: Path, out: Path, *, opset: int = 18, max_abs_diff: f
     if parity["max_abs_diff"] > max_abs_diff:
         raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {max_abs_diff:g}; {out} does not "
                           "compute what the checkpoint does")
+    return info
+
+
+def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, max_abs_diff: float, shape) -> dict:
+    from .export import check_parity, export_onnx
+    from .verify import PARITY_IMAGES
+
+    shape = shape or teacher.native_shape
+    if shape is None:
+        raise UserError(f"{path}: the file does not record its input shape; give --input-shape C,H,W")
+    meta = {"compressor.arch": teacher.arch, "compressor.kind": "model", "compressor.source": teacher.source,
+            "compressor.input_shape": json.dumps(list(shape))}
+    info = export_onnx(teacher.model, out, input_shape=shape, opset=opset, metadata=meta)
+    images = torch.randn(PARITY_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
+    parity = check_parity(teacher.model, out, images, batch_sizes=(1, 17))
+    info["max_abs_diff"] = parity["max_abs_diff"]
+    console.print(f"wrote {out} (opset {opset}, dynamic batch) from {teacher.source} {path}; "
+                  f"max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} random inputs")
+    if parity["max_abs_diff"] > max_abs_diff:
+        raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {max_abs_diff:g}; {out} does not "
+                          f"compute what {path} does")
     return info
 
 
@@ -319,31 +368,47 @@ def _check_input(sessions: dict, data: DataBundle) -> None:
             raise UserError(f"{sess.path}: takes inputs of shape {tuple(fixed)}, the recipe's data has {data.input_shape}")
 
 
-def inspect_model(model: str, *, input_shape: str | None, num_classes: int = 10) -> list:
-    """`compress inspect`: candidate attention points of a checkpoint or a registered architecture."""
+def parse_shape(text: str | None, flag: str = "--input-shape") -> tuple[int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+        assert len(shape) == 3 and min(shape) > 0
+    except (ValueError, AssertionError):
+        raise UserError(f"{flag}: expected C,H,W such as 3,32,32, got {text!r}") from None
+    return shape
+
+
+def inspect_model(
+    model: str, *, input_shape: str | None, num_classes: int = 10, arch: str | None = None, trust: bool = False,
+    all_modules: bool = False,
+) -> list:
+    """`compress inspect`: one dry forward with hooks; prints the candidate attention points (stage outputs) of
+    any model `distill` takes as a teacher, or of a registered architecture, or with `all_modules` every
+    module with a 4-D output (what explicit pairs may name)."""
+    from rich.console import Console
     from rich.table import Table
 
-    from .models import is_registered
-
-    if Path(model).exists():
-        net, ck = ckpt_io.load_model(model)
-        shape, arch = tuple(ck["input_shape"]), ck["arch"]
-    elif is_registered(model):
-        try:
-            shape = tuple(int(v) for v in (input_shape or "3,32,32").split(","))
-            assert len(shape) == 3 and min(shape) > 0
-        except (ValueError, AssertionError):
-            raise UserError(f"--input-shape: expected C,H,W such as 3,32,32, got {input_shape!r}") from None
-        net, arch = create_model(model, num_classes, shape[0]), model
-    else:
-        raise UserError(f"{model}: neither a file nor a registered architecture (see `compress inspect --help`)")
-    points = probe_points(net, shape)
-    table = Table(title=f"attention points of {arch} (input {shape[0]}x{shape[1]}x{shape[2]})", title_justify="left")
+    shape = parse_shape(input_shape)
+    teacher = open_model(model, arch=arch, input_shape=shape, num_classes=num_classes, trust=trust)
+    if shape is None:  # the file's own input shape, else 32x32 with the channels its first convolution takes
+        shape = teacher.native_shape or ((teacher.input_shape or (None,))[0] or 3, 32, 32)
+    try:
+        points = (all_points if all_modules else probe_points)(teacher.model, shape)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{model}: cannot run on {shape[0]}x{shape[1]}x{shape[2]} inputs ({str(e).strip().splitlines()[0]}); "
+                        "give --input-shape C,H,W") from None
+    what = "modules with a 4-D output" if all_modules else "attention points (stage outputs)"
+    out = Console(highlight=False)
+    out.print(f"{what} of {teacher.arch} ({teacher.source}), input {shape[0]}x{shape[1]}x{shape[2]}:", soft_wrap=True)
+    table = Table()
     for h in ("module", "output shape (C, H, W)", "stride"):
         table.add_column(h)
     for p in points:
         table.add_row(p.module, str(tuple(p.shape)), str(p.stride))
-    from rich.console import Console
-
-    Console(highlight=False).print(table)
+    out.print(table)
+    if not points:
+        console.print(f"{model}: no module of this model outputs a spatial feature map at this input size")
     return points

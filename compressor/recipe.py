@@ -22,7 +22,8 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # unknown keys are typos; an infinite or NaN number (YAML .inf, 1e400) is never a meaningful setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -86,6 +87,7 @@ class TrainConfig(Strict):
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = per epoch only)")
     log_every: PositiveInt = Field(20, description="steps between progress-bar updates (each costs a host sync)")
+    sync_bn: bool = Field(False, description="multi-GPU (DDP on CUDA): SyncBatchNorm, batch statistics over all GPUs")
 
     @field_validator("milestones")
     @classmethod
@@ -106,6 +108,35 @@ class ATConfig(Strict):
     p: float = Field(2.0, gt=0, description="exponent of |A|^p in the attention map")
     mapping: Literal["mean", "max"] = "mean"
     pairs: Union[Literal["auto"], list[Pair]] = Field("auto", description="auto: pair stage outputs by resolution")
+    beta_schedule: Literal["constant", "step", "cosine"] = Field(
+        "constant", description="decay of beta over training (the paper decays it when AT is combined with KD)"
+    )
+    beta_milestones: list[PositiveInt] = Field(
+        default_factory=list, description="step: epochs where beta *= beta_gamma; empty = train.milestones"
+    )
+    beta_gamma: float = Field(0.1, gt=0, le=1, description="step: factor applied at each milestone")
+
+    @field_validator("beta_milestones")
+    @classmethod
+    def _beta_sorted(cls, v):
+        if v != sorted(set(v)):
+            raise ValueError("beta_milestones must be strictly increasing")
+        return v
+
+
+class GradATConfig(Strict):
+    enabled: bool = False
+    # 10: at initialisation the term is then about half the cross-entropy (measured: 0.13 at beta 1, WRN-16-2 -> 16-1
+    # on Fashion-MNIST); the paper does not give its value for the per-image squared norm used here
+    beta: float = Field(10.0, ge=0, description="weight of beta/2 * ||J_S - J_T||^2 (J = d loss / d input)")
+    flip: bool = Field(False, description="add the flip-invariance term beta/2 * ||J(x) - flip(J(flip(x)))||^2")
+
+
+class FeatureConfig(Strict):
+    enabled: bool = False
+    # 1: at initialisation each pair's term is then about 5 (measured, WRN-16-2 -> 16-1 on Fashion-MNIST), the order
+    # of the AT terms at the paper's beta = 1000
+    beta: float = Field(1.0, ge=0, description="weight of each pair's mean squared feature difference (F-ActT)")
 
 
 class KDConfig(Strict):
@@ -117,6 +148,8 @@ class KDConfig(Strict):
 class DistillConfig(Strict):
     at: ATConfig = Field(default_factory=ATConfig)
     kd: KDConfig = Field(default_factory=KDConfig)
+    grad_at: GradATConfig = Field(default_factory=GradATConfig)
+    feature: FeatureConfig = Field(default_factory=FeatureConfig)
 
 
 class ExportConfig(Strict):
@@ -149,22 +182,33 @@ class Recipe(Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
 
     def methods(self) -> list[str]:
-        return [m for m, on in (("kd", self.distill.kd.enabled), ("at", self.distill.at.enabled and self.distill.at.beta > 0)) if on]
+        d = self.distill
+        return [m for m, on in (("kd", d.kd.enabled), ("at", d.at.enabled and d.at.beta > 0),
+                                ("grad_at", d.grad_at.enabled and d.grad_at.beta > 0),
+                                ("feature", d.feature.enabled and d.feature.beta > 0)) if on]
+
+    @model_validator(mode="after")
+    def _beta_step_needs_milestones(self):
+        at = self.distill.at
+        if at.beta_schedule == "step" and not (at.beta_milestones or self.train.milestones):
+            raise ValueError("distill.at.beta_schedule: step needs distill.at.beta_milestones (or train.milestones)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
+    shown = text if text.isprintable() else repr(text)  # a newline must not break the one-line message
     if "=" not in text:
-        raise UserError(f"--set {text}: expected dotted.key=value")
+        raise UserError(f"--set {shown}: expected dotted.key=value")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
-        raise UserError(f"--set {text}: expected dotted.key=value")
+        raise UserError(f"--set {shown}: expected dotted.key=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an impossible date): the text itself
         value = raw
     return key.split("."), value
 
@@ -178,7 +222,8 @@ def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
             if nxt is None:
                 nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise UserError(f"--set {text}: {'.'.join(path[: i + 1])} is not a section")
+                shown = text if text.isprintable() else repr(text)
+                raise UserError(f"--set {shown}: {'.'.join(path[: i + 1])} is not a section")
             node = nxt
         node[path[-1]] = value
     return raw
@@ -198,17 +243,34 @@ def _fields_at(loc: tuple) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def _key(part) -> str:
+    """A key as the error line shows it: plain keys as written, odd ones (spaces, newlines, empty) quoted."""
+    if isinstance(part, str) and not re.fullmatch(r"[\w-]+", part):
+        return repr(part)
+    return str(part)
+
+
+def _user_loc(err: dict) -> tuple:
+    """The keys and indices of a pydantic error location, without the validator and union-member steps
+    ("function-after[...]", "list[Pair]", "float") pydantic inserts; an unknown key is kept whatever it looks like."""
+    unknown = err["loc"][-1:] if err["type"] == "extra_forbidden" else ()
+    steps = err["loc"][: len(err["loc"]) - len(unknown)]
+    return (*(p for p in steps if not (isinstance(p, str) and ("[" in p or p in _UNION_MEMBERS))), *unknown)
+
+
+_UNION_MEMBERS = ("float", "str", "int", "bool")
+
+
 def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, `path.to.key: message`, with the closest valid key for an unknown one."""
     lines = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal["))))
-        # union members show up as locations ("list[Pair]", "float"); keep only real keys and indices
-        loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in ("float", "str", "int", "bool"))))
-        path = ".".join(str(p) for p in loc) or "recipe"
-        msg = err["msg"]
+        loc = _user_loc(err)
+        path = ".".join(_key(p) for p in loc) or "recipe"
+        msg = " ".join(err["msg"].split("\n"))
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
-            msg = f"unknown key" + (f"; did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?" if close else "")
+            msg = "unknown key" + (f"; did you mean {'.'.join([*map(_key, loc[:-1]), close[0]])}?" if close else "")
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         line = f"{path}: {msg}"
@@ -245,6 +307,10 @@ def read_yaml(path: str | Path) -> Any:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{p}{where}: invalid YAML: {problem}") from None
+    except ValueError as e:  # a value YAML recognises but cannot build, such as the date 2001-02-30
+        raise UserError(f"{p}: invalid YAML value ({e}); quote it to mean a string") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML: nested too deeply") from None
 
 
 def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recipe:

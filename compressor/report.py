@@ -50,6 +50,13 @@ def summary_rows(report: dict) -> dict[str, list[list[str]]]:
     return {"models": models, "latency": latency, "gates": gates}
 
 
+def _parallel(p: dict | None) -> str:
+    """`` (one process) or how the global batch was split, e.g. ` (global; 4 processes × 32, nccl)`."""
+    if not p or p["world_size"] == 1:
+        return ""
+    return f" (global; {p['world_size']} processes × {p['per_rank_batch']}, {p['backend']}{', SyncBatchNorm' if p['sync_bn'] else ''})"
+
+
 def _md_table(rows: list[list[str]]) -> str:
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -86,7 +93,8 @@ def render_markdown(report: dict) -> str:
         "## Distillation",
         "",
         f"- attention pairs: {pairs}",
-        f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}",
+        f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}"
+        + _parallel(report.get("distributed")),
         f"- export: `{report['export']['path']}`, opset {report['export']['opset']}, max |PyTorch − ONNX| = "
         f"{report['export']['max_abs_diff']:.2e}",
     ]

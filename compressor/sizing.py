@@ -1,15 +1,24 @@
 """Turn "a student 4x smaller" into a concrete architecture within the teacher's family.
 
-Families: WRN (`wrn-D-K`: depth 6n+4 and width K), torchvision ResNets (depth 18/34/50 and a width multiplier
-`resnetD-wX`). For any other teacher the fallback family is WRN. The largest candidate whose parameter count
-is not above the target wins; ties go to the deeper network (the paper's students keep depth for AT).
+`--student-size 0.25` is a fraction of the teacher's parameters, `200k` / `1.5M` an absolute count. The student
+is the largest candidate of the teacher's family whose parameter count is not above that target (on a tie,
+the deeper one: the paper's students keep depth for AT). Families:
+- WRN (`wrn-D-K`): depth 10..40 (6n+4) and width 0.25..10;
+- ResNet (torchvision's, and timm's `timm:resnet*`): depth 18/34/50 and a width multiplier (`resnet18-w0.5`);
+- any other teacher (TorchScript or exported programs of other models, other torchvision or timm models):
+  the WRN family, the documented fallback: it runs at any input size and spans about 20k to 40M parameters.
+Candidates are built on the `meta` device without initialisation: sizing allocates no weights.
 """
 
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 
-from torch import nn
+import torch
+from torch.nn import init
 
 from .errors import UserError
 from .models import create_model
@@ -18,6 +27,14 @@ WRN_DEPTHS = (10, 16, 22, 28, 40)
 WRN_WIDTHS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 10)
 RESNET_DEPTHS = (18, 34, 50)
 RESNET_WIDTHS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+FALLBACK = "wrn"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    arch: str
+    depth: int
+    params: int
 
 
 def parse_size(size: float | str) -> tuple[str, float]:
@@ -31,40 +48,84 @@ def parse_size(size: float | str) -> tuple[str, float]:
     return ("fraction", value) if value <= 1 else ("count", value)
 
 
-def _params(arch: str, num_classes: int, in_channels: int) -> int:
-    return sum(p.numel() for p in create_model(arch, num_classes, in_channels).parameters())
+def family_of(arch: str) -> str | None:
+    """'wrn-16-2' -> wrn; 'resnet34', 'resnet18-w0.5', 'timm:resnet50', 'torchscript:ResNet' -> resnet; else None."""
+    name = arch.rsplit(":", 1)[-1].lower()
+    if name.startswith(("wrn-", "wideresnet")):
+        return "wrn"
+    if name.startswith("resnet"):
+        return "resnet"
+    return None
 
 
-def _family(teacher_arch: str) -> tuple[str, list[str]]:
-    if teacher_arch.startswith("resnet"):
-        names = [f"resnet{d}" if w == 1.0 else f"resnet{d}-w{w:g}" for d in RESNET_DEPTHS for w in RESNET_WIDTHS]
-        return "resnet", names
-    names = [f"wrn-{d}-{w:g}" for d in WRN_DEPTHS for w in WRN_WIDTHS]
-    return ("wrn" if teacher_arch.startswith("wrn-") else "wrn (fallback for an unknown family)"), names
+def _names(family: str) -> list[tuple[str, int]]:
+    if family == "resnet":
+        return [(f"resnet{d}" if w == 1.0 else f"resnet{d}-w{w:g}", d) for d in RESNET_DEPTHS for w in RESNET_WIDTHS]
+    return [(f"wrn-{d}-{w:g}", d) for d in WRN_DEPTHS for w in WRN_WIDTHS]
 
 
-def choose_student_size(teacher_arch: str, teacher: nn.Module, size: float | str) -> tuple[str, dict]:
+@contextmanager
+def shapes_only():
+    """Build models on the meta device with the weight initialisers switched off: sizing needs shapes only,
+    and initialising meta tensors still costs ~10x the construction (they run through reference kernels)."""
+    saved = {name: getattr(init, name) for name in dir(init) if name.endswith("_") and not name.startswith("_")}
+    for name in saved:
+        setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
+@lru_cache(maxsize=None)
+def candidates(family: str, num_classes: int, in_channels: int) -> tuple[Candidate, ...]:
+    """Every student of the family with its parameter count for these classes and channels, smallest first."""
+    out = []
+    with shapes_only():
+        for arch, depth in _names(family):
+            params = sum(p.numel() for p in create_model(arch, num_classes, in_channels).parameters())
+            out.append(Candidate(arch, depth, params))
+    return tuple(sorted(out, key=lambda c: (c.params, c.depth)))
+
+
+def student_flops(arch: str, num_classes: int, input_shape: tuple[int, int, int]) -> int:
+    from .verify import count_flops
+
+    with shapes_only():
+        model = create_model(arch, num_classes, input_shape[0])
+    return count_flops(model, input_shape)  # FlopCounterMode counts on meta tensors too
+
+
+def choose_student_size(
+    teacher_arch: str, teacher_params: int, size: float | str, *, num_classes: int, input_shape: tuple[int, int, int]
+) -> tuple[str, dict]:
+    """The largest student of the teacher's family with at most the target's parameters, and why."""
     kind, value = parse_size(size)
-    teacher_params = sum(p.numel() for p in teacher.parameters())
     target = int(value * teacher_params) if kind == "fraction" else int(value)
-    head = next((m for m in reversed(list(teacher.modules())) if isinstance(m, nn.Linear)), None)
-    num_classes = head.out_features if head is not None else 10
-    first = next((m for m in teacher.modules() if isinstance(m, nn.Conv2d)), None)
-    in_channels = first.in_channels if first is not None else 3
-    family, names = _family(teacher_arch)
-    candidates = sorted(((_params(n, num_classes, in_channels), n) for n in names), key=lambda c: c[0])
-    fitting = [c for c in candidates if c[0] <= target and c[1] != teacher_arch]
-    if not fitting:
-        smallest = candidates[0]
+    if target >= teacher_params:
         raise UserError(
-            f"student.size: no {family} student has at most {target:,} parameters "
-            f"(the smallest, {smallest[1]}, has {smallest[0]:,})"
+            f"student.size: {size} means {target:,} parameters, not fewer than the teacher's {teacher_params:,}"
         )
-    params, arch = fitting[-1]
-    why = (
-        f"{arch}: the largest {family} network with at most {target:,} parameters "
-        + (f"({value:g} of the teacher's {teacher_params:,})" if kind == "fraction" else f"(target {size})")
-        + f"; it has {params:,} ({params / teacher_params:.1%} of the teacher)"
+    family = family_of(teacher_arch)
+    label = family or f"{FALLBACK} (the fallback for a teacher of unknown family)"
+    pool = candidates(family or FALLBACK, num_classes, input_shape[0])
+    fitting = [c for c in pool if c.params <= target and c.arch != teacher_arch]
+    if not fitting:
+        raise UserError(
+            f"student.size: no {label} student has at most {target:,} parameters "
+            f"(the smallest, {pool[0].arch}, has {pool[0].params:,})"
+        )
+    best = fitting[-1]
+    of = f"{value:g} of the teacher's {teacher_params:,}" if kind == "fraction" else f"target {size}"
+    reason = (
+        f"{best.arch}: the largest {label} network with at most {target:,} parameters ({of}); "
+        f"it has {best.params:,} ({best.params / teacher_params:.1%} of the teacher)"
     )
-    return arch, {"how": "sized", "target": str(size), "target_params": target, "params": params, "family": family,
-                  "reason": why}
+    return best.arch, {
+        "how": "sized", "arch": best.arch, "target": str(size), "target_params": target, "params": best.params,
+        "flops": student_flops(best.arch, num_classes, input_shape), "teacher_params": teacher_params,
+        "fraction_of_teacher": best.params / teacher_params, "family": family or FALLBACK,
+        "fallback": family is None, "candidates": len(pool), "reason": reason,
+    }

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from compressor.cli import app
@@ -60,3 +61,21 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     r = run_cli("train", "--recipe", RECIPE, "--out", out, *sets("data.limit_train=1280"))
     assert r.returncode == 0, r.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def small_teacher(tmp_path_factory) -> Path:
+    """A seeded, untrained WRN-10-1 saved as a Fashion-MNIST compressor checkpoint: for tests that need a
+    valid, fixed teacher file (resuming, bad inputs), not a good one."""
+    from compressor import checkpoint as ckpt_io
+    from compressor.datasets import NORMALISATION
+    from compressor.models import create_model
+
+    torch.manual_seed(0)
+    mean, std = NORMALISATION["fashion_mnist"]
+    classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    ck = ckpt_io.model_checkpoint(create_model("wrn-10-1", 10, 1), arch="wrn-10-1", classes=classes,
+                                  input_shape=(1, 28, 28), mean=mean, std=std, dataset="fashion_mnist", kind="teacher")
+    path = tmp_path_factory.mktemp("small_teacher") / "teacher.pt"
+    ckpt_io.save(ck, path)
+    return path

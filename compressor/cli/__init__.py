@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import distill, export, inspect, recipe, train, verify
+from . import ablate, distill, export, inspect, recipe, train, verify
 
 app = typer.Typer(
     name="compress",
@@ -21,8 +21,15 @@ app.command("distill")(distill.distill)
 app.command("export")(export.export)
 app.command("verify")(verify.verify)
 app.command("inspect")(inspect.inspect)
+app.command("ablate")(ablate.ablate)
 app.add_typer(recipe.app, name="recipe")
 
 
 def main() -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 speaks (results and errors)
+        from ..progress import console
+
+        console.quiet = True
     app()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ..errors import EXIT_INTERRUPTED, CompressorError
+from ..errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_USAGE, CompressorError
 from ..progress import console
 
 SetOption = Annotated[
@@ -23,24 +25,52 @@ RecipeOption = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML 
 
 def handle_errors(fn):
     """Run a command; a CompressorError becomes one line per problem and its exit code, never a traceback
-    (unless COMPRESSOR_DEBUG=1). Ctrl-C exits 130."""
+    (unless COMPRESSOR_DEBUG=1). An OSError that escaped (a file the system refused) is bad input too: one
+    line, exit 2. Ctrl-C and SIGTERM exit 130 (the training loop saves its state first)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_interrupts():
+                return fn(*args, **kwargs)
         except CompressorError as e:
-            if os.environ.get("COMPRESSOR_DEBUG") == "1":
-                traceback.print_exc()
-            label = "error" if e.exit_code != 1 else "failed"
-            for problem in e.problems:
-                console.print(f"[bold red]{label}:[/] {problem}", markup=True, highlight=False, soft_wrap=True)
+            _report(e.problems, "error" if e.exit_code != EXIT_GATE else "failed")
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            _report([f"{where}{e.strerror or e}"], "error")
+            raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
-            console.print("interrupted")
+            _report(["interrupted (files being written were discarded; finished ones are complete)"], "error")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def _report(problems: list[str], label: str) -> None:
+    if os.environ.get("COMPRESSOR_DEBUG") == "1":
+        traceback.print_exc()
+    for problem in problems:
+        console.print(f"[bold red]{label}:[/] {problem}", markup=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (a CI job cancelled, `docker stop`) acts like Ctrl-C, so temporary files are cleaned up and the
+    exit code is 130 also outside the training loop, which installs its own handler while it runs."""
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def check_device(device: str | None) -> None:

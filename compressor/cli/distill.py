@@ -12,7 +12,10 @@ from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overri
 
 @handle_errors
 def distill(
-    teacher: Annotated[Path, typer.Argument(help="Teacher: a compressor checkpoint or a state_dict of teacher.arch.")],
+    teacher: Annotated[Path, typer.Argument(help=(
+        "Teacher: a compressor checkpoint, a state_dict of teacher.arch (registered, torchvision or timm:NAME), "
+        "a TorchScript archive, a torch.export .pt2, or a pickled nn.Module with --trust-teacher."
+    ))],
     recipe: RecipeOption,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>).")] = None,
     set_: SetOption = None,
@@ -26,11 +29,16 @@ def distill(
     trust_teacher: Annotated[
         bool, typer.Option("--trust-teacher", help="Allow a fully pickled teacher (runs code from the file!).")
     ] = False,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Train on N processes of this machine with DDP, one per GPU (runs "
+                          "torchrun; train.batch_size is the global batch). Several machines: see the README.")
+    ] = 1,
 ) -> None:
     """Distil a student from TEACHER with AT+KD, export it to ONNX, verify it with onnxruntime, apply the gates.
 
     Exit 0: all gates passed; 1: a gate failed (all artifacts still written); 2: bad input; 130: interrupted.
     """
+    from .. import distributed
     from ..errors import UserError
     from ..pipeline import distill as run_distill
     from ..recipe import load_recipe
@@ -43,4 +51,10 @@ def distill(
     if student_size:
         sets += [f"student.size={student_size}", "student.arch=null"]
     r = load_recipe(recipe, sets)
+    if nproc > 1 and not distributed.launched():  # checked here, the launch is the children's business
+        distributed.per_rank_batch(r.train.batch_size, nproc)
+        out = out or Path("runs") / r.name
+        flags = [f for f, on in (("--resume", resume), ("--force", force), ("--trust-teacher", trust_teacher)) if on]
+        argv = ["distill", str(teacher), "--recipe", str(recipe), "--out", str(out), *flags]
+        raise typer.Exit(distributed.launch(nproc, argv + [a for s in sets for a in ("--set", s)]))
     run_distill(teacher, r, out or Path("runs") / r.name, resume=resume, force=force, trust_teacher=trust_teacher)

@@ -1,0 +1,85 @@
+"""Speed-ups of the distillation step that do not change what it computes.
+
+`fold_batchnorm(teacher, keep)` folds every eval-mode BatchNorm2d that directly follows a Conv2d into that
+convolution's weight and bias (w' = w·γ/σ, b' = (b − μ)·γ/σ + β), the way the ONNX exporter's optimiser does
+for the exported graph. The teacher runs frozen in eval mode, so its BN layers are a per-channel affine map of
+fixed numbers: folded, one pass over each activation disappears. The module tree keeps its paths (the conv is
+replaced by the folded conv, the BN by Identity), so forward hooks on the attention points still attach by
+name; a conv whose own output is hooked (`keep`) is left alone, since folding would change what the hook sees.
+
+`channel_energy(A)` is the attention map's inner part for p = 2, mean_c A², as one reduction forward and one
+elementwise kernel backward: `A.pow(2).mean(1)` writes A² in full, reads it back, and its backward expands the
+gradient before multiplying (three passes over an (N, C, H, W) tensor each way). Same values and gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+
+def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(conv path, BN path) for each BatchNorm2d fed only by a Conv2d's output; [] when torch.fx cannot trace
+    the model (data-dependent Python control flow), which then simply runs unfolded."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # tracing failures come as many exception types (TraceError, TypeError, ...)
+        return []
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), nn.Conv2d)
+                and len(src.users) == 1):  # the conv's raw output is used nowhere else
+            pairs.append((src.target, node.target))
+    return pairs
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
+    """An eval-mode copy of `model` with each conv -> BN pair folded into one conv; `model` is not changed.
+
+    keep: module paths whose outputs are hooked; a conv among them keeps its BN. (A hooked BN may be folded:
+    the Identity that replaces it returns exactly what the BN did.)
+    """
+    folded = copy.deepcopy(model).eval()
+    keep = set(keep)
+    modules = dict(folded.named_modules())
+    for conv_path, bn_path in conv_bn_pairs(folded):
+        if conv_path in keep:
+            continue
+        conv = fuse_conv_bn_eval(modules[conv_path], modules[bn_path])
+        conv.requires_grad_(False)
+        _set_module(folded, conv_path, conv)
+        _set_module(folded, bn_path, nn.Identity())
+    return folded
+
+
+class _ChannelEnergy(torch.autograd.Function):
+    """(N, C, H, W) -> (N, H, W): mean over channels of A², with the gradient 2·A·g/C written directly."""
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a)
+        return torch.linalg.vector_norm(a, 2, dim=1).square() / a.shape[1]  # no (N, C, H, W) temporary
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (a,) = ctx.saved_tensors
+        return a * (grad * (2.0 / a.shape[1])).unsqueeze(1)  # (N, 1, H, W) broadcast over channels
+
+
+def channel_energy(a: torch.Tensor) -> torch.Tensor:
+    """mean_c a² for (N, C, H, W) -> (N, H, W); the same as `a.pow(2).mean(1)`, in fewer passes."""
+    return _ChannelEnergy.apply(a)

@@ -1,0 +1,379 @@
+"""Every bad input gets one clear line per problem, exit 2, no traceback, and no existing file is touched.
+
+The catalogue runs through the real CLI (in-process for speed; a few through the console script in a
+subprocess), on real files: Fashion-MNIST subsets, an ImageFolder of real PNGs, real checkpoints.
+"""
+
+import hashlib
+import os
+import resource
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from compressor.fileio import atomic_path, write_text
+
+from .conftest import RECIPE, ROOT, run_cli, sets
+
+FAST = sets("data.limit_train=64", "train.batch_size=32", "student.arch=wrn-10-1", "device=cpu")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """Real Fashion-MNIST test images as grey-scale PNGs: class name -> list of files (3 classes, 6 each)."""
+    from torchvision.datasets import FashionMNIST
+
+    ds = FashionMNIST(str(ROOT / "data"), train=False, download=False)
+    root = tmp_path_factory.mktemp("pngs")
+    for label, name in ((0, "tshirt"), (1, "trouser"), (8, "bag")):
+        (root / name).mkdir()
+        for i, idx in enumerate((ds.targets == label).nonzero().flatten()[:6].tolist()):
+            ds[idx][0].save(root / name / f"{i}.png")
+    return root
+
+
+def image_folder(where: Path, images: Path, train: list[str], test: list[str], *, empty: bool = False) -> Path:
+    """root/train/<class>/*.png and root/test/<class>/*.png from the PNGs above (or empty class folders)."""
+    for split, classes in (("train", train), ("test", test)):
+        for c in classes:
+            (where / split / c).mkdir(parents=True)
+            if not empty:
+                for f in sorted((images / c).glob("*.png"))[: 4 if split == "train" else 2]:
+                    shutil.copy(f, where / split / c / f.name)
+    return where
+
+
+def snapshot(*roots: Path) -> dict[Path, str]:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for r in roots for p in ([r] if r.is_file() else r.rglob("*"))
+            if p.is_file()}
+
+
+def assert_untouched(before: dict[Path, str]) -> None:
+    for path, digest in before.items():
+        assert path.is_file(), f"{path} was deleted"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, f"{path} was changed"
+
+
+def errors(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if ln.startswith("error: ")]
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+# Each case builds its files under `tmp` and returns (command line, a phrase every user should see).
+
+
+def recipe_file(tmp: Path, text: str) -> Path:
+    path = tmp / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def distill(teacher, *extra, recipe=RECIPE, out=None):
+    return ["distill", teacher, "--recipe", recipe, *FAST, *extra, *(["--out", out] if out else [])]
+
+
+def malformed_yaml(tmp, teacher, images):
+    bad = recipe_file(tmp, "name: x\ntrain:\n  epochs: 3\n   lr: 0.1\n")  # line 4 is indented too far
+    return distill(teacher, recipe=bad, out=tmp / "o"), f"{bad}:4:"
+
+
+def unknown_key(tmp, teacher, images):
+    return distill(teacher, "--set", "train.lrr=0.01", out=tmp / "o"), "train.lrr: unknown key; did you mean train.lr?"
+
+
+def unknown_section(tmp, teacher, images):
+    bad = recipe_file(tmp, RECIPE.read_text().replace("distill:", "distil:"))
+    return distill(teacher, recipe=bad, out=tmp / "o"), "distil: unknown key; did you mean distill?"
+
+
+def wrong_type(tmp, teacher, images):
+    return distill(teacher, "--set", "train.batch_size=many", out=tmp / "o"), "train.batch_size: Input should be a valid integer"
+
+
+def section_not_a_mapping(tmp, teacher, images):
+    bad = recipe_file(tmp, "data: fashion_mnist\n")
+    return ["recipe", "validate", bad], "data: Input should be a valid dictionary"
+
+
+def out_of_range(tmp, teacher, images):
+    return distill(teacher, "--set", "data.val_fraction=1.5", out=tmp / "o"), "data.val_fraction: Input should be less than 1"
+
+
+def infinite_value(tmp, teacher, images):
+    return distill(teacher, "--set", "train.lr=.inf", out=tmp / "o"), "train.lr: Input should be a finite number"
+
+
+def bad_set_syntax(tmp, teacher, images):
+    return distill(teacher, "--set", "train.lr", out=tmp / "o"), "--set train.lr: expected dotted.key=value"
+
+
+def recipe_missing(tmp, teacher, images):
+    return distill(teacher, recipe=tmp / "nope.yaml", out=tmp / "o"), "nope.yaml: recipe not found"
+
+
+def data_root_missing(tmp, teacher, images):
+    return distill(teacher, "--set", f"data.root={tmp}/none", out=tmp / "o"), f"data.root: {tmp}/none does not exist"
+
+
+def data_root_is_a_file(tmp, teacher, images):
+    (tmp / "data.txt").write_text("not a folder\n")
+    return distill(teacher, "--set", f"data.root={tmp}/data.txt", out=tmp / "o"), "is a file, not a folder"
+
+
+def data_root_without_the_dataset(tmp, teacher, images):
+    (tmp / "empty").mkdir()
+    return distill(teacher, "--set", f"data.root={tmp}/empty", out=tmp / "o"), "lacks the Fashion-MNIST IDX files"
+
+
+def data_files_truncated(tmp, teacher, images):
+    raw = tmp / "fm" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (ROOT / "data" / "FashionMNIST" / "raw").glob("*-ubyte"):
+        (raw / f.name).write_bytes(f.read_bytes()[:1000])  # cut off after a few images
+    return distill(teacher, "--set", f"data.root={tmp}/fm", out=tmp / "o"), "holds unreadable Fashion-MNIST files"
+
+
+def imagefolder(tmp, *extra):
+    return ["--set", "data.name=imagefolder", "--set", f"data.root={tmp}/folder", "--set", "data.image_size=28",
+            "--set", "data.channels=1", *extra]
+
+
+def imagefolder_without_images(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "tshirt"], ["bag", "tshirt"], empty=True)
+    return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "holds no images"
+
+
+def imagefolder_mismatched_classes(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "tshirt"], ["bag", "trouser"])
+    return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "class folders differ between train/ and test/"
+
+
+def imagefolder_broken_image(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "tshirt"], ["bag", "tshirt"])
+    (tmp / "folder" / "train" / "bag" / "x.png").write_text("not a picture\n")
+    return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "x.png: not a readable image"
+
+
+def teacher_missing(tmp, teacher, images):
+    return distill(tmp / "teacher.pt", out=tmp / "o"), "teacher.pt: file not found"
+
+
+def teacher_truncated(tmp, teacher, images):
+    data = teacher.read_bytes()
+    (tmp / "cut.pt").write_bytes(data[: len(data) // 2])
+    return distill(tmp / "cut.pt", out=tmp / "o"), "cut.pt: not a readable PyTorch checkpoint (truncated"
+
+
+def teacher_not_a_checkpoint(tmp, teacher, images):
+    (tmp / "notes.pt").write_text("these are my notes, not a model\n")
+    return distill(tmp / "notes.pt", out=tmp / "o"), "notes.pt: not a"
+
+
+def teacher_holds_a_tensor(tmp, teacher, images):
+    torch.save(torch.zeros(3), tmp / "tensor.pt")
+    return distill(tmp / "tensor.pt", out=tmp / "o"), "tensor.pt: neither a compressor checkpoint nor a state_dict"
+
+
+def teacher_with_other_classes(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "trouser", "tshirt"], ["bag", "trouser", "tshirt"])
+    return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "the teacher has 10 classes, the data has 3"
+
+
+def teacher_with_other_channels(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "trouser", "tshirt"], ["bag", "trouser", "tshirt"])
+    args = imagefolder(tmp, "--set", "data.channels=3")
+    return distill(teacher, *args, out=tmp / "o"), "the teacher takes 1 input channels, the data has 3"
+
+
+def pairs_that_match_nothing(tmp, teacher, images):
+    pairs = "distill.at.pairs=[{teacher: group9, student: group0}]"
+    return distill(teacher, "--set", pairs, out=tmp / "o"), "distill.at.pairs: teacher point 'group9' matches no"
+
+
+def out_under_a_file(tmp, teacher, images):
+    (tmp / "file").write_text("a regular file\n")
+    return distill(teacher, out=tmp / "file" / "run"), f"--out: cannot create {tmp}/file/run"
+
+
+def out_in_sysfs(tmp, teacher, images):
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no /sys")
+    return distill(teacher, out="/sys/compressor-test-run"), "--out: cannot create /sys/compressor-test-run"
+
+
+def out_is_a_file(tmp, teacher, images):
+    (tmp / "run").write_text("precious\n")
+    return distill(teacher, out=tmp / "run"), "exists and is not a directory"
+
+
+def out_holds_a_finished_run(tmp, teacher, images):
+    (tmp / "run").mkdir()
+    (tmp / "run" / "report.json").write_text('{"passed": true}\n')
+    (tmp / "run" / "student.onnx").write_bytes(b"the shipped model")
+    return distill(teacher, out=tmp / "run"), "holds a finished run (report.json); pass --force"
+
+
+def out_holds_an_unfinished_run(tmp, teacher, images):
+    (tmp / "run").mkdir()
+    (tmp / "run" / "train_state.pt").write_bytes(b"state")
+    return distill(teacher, out=tmp / "run"), "holds an unfinished run; pass --resume to continue it or --force"
+
+
+def train_out_not_writable(tmp, teacher, images):
+    (tmp / "file").write_text("a regular file\n")
+    return ["train", "--recipe", RECIPE, "--out", tmp / "file" / "teacher.pt", *FAST], "file exists and is not a directory"
+
+
+def export_out_not_writable(tmp, teacher, images):
+    (tmp / "file").write_text("a regular file\n")
+    return ["export", teacher, "--out", tmp / "file" / "m.onnx"], "m.onnx: cannot write here"
+
+
+def export_to_a_full_disk(tmp, teacher, images):
+    return ["export", teacher, "--out", "/dev/full"], "/dev/full: no space left on device while saving"
+
+
+def verify_truncated_onnx(tmp, teacher, images):
+    (tmp / "m.onnx").write_bytes(b"\x08\x09\x12\x07pytorch\x1a\x03")  # the first bytes of a real model
+    return ["verify", tmp / "m.onnx", "--recipe", RECIPE], "m.onnx: not an ONNX file (it does not parse"
+
+
+def verify_not_onnx(tmp, teacher, images):
+    return ["verify", teacher, "--recipe", RECIPE], "teacher.pt: not an ONNX file"
+
+
+CATALOGUE = [malformed_yaml, unknown_key, unknown_section, wrong_type, section_not_a_mapping, out_of_range,
+             infinite_value, bad_set_syntax, recipe_missing, data_root_missing, data_root_is_a_file,
+             data_root_without_the_dataset, data_files_truncated, imagefolder_without_images,
+             imagefolder_mismatched_classes, imagefolder_broken_image, teacher_missing, teacher_truncated,
+             teacher_not_a_checkpoint, teacher_holds_a_tensor, teacher_with_other_classes,
+             teacher_with_other_channels, pairs_that_match_nothing, out_under_a_file, out_in_sysfs, out_is_a_file,
+             out_holds_a_finished_run, out_holds_an_unfinished_run, train_out_not_writable, export_out_not_writable,
+             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx]
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=lambda f: f.__name__)
+def test_bad_input_exits_2_with_one_line_per_problem(case, tmp_path, small_teacher, images, cli, monkeypatch):
+    monkeypatch.delenv("COMPRESSOR_DEBUG", raising=False)
+    args, phrase = case(tmp_path, small_teacher, images)
+    before = snapshot(tmp_path, small_teacher)
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    lines = errors(r.output)
+    assert any(phrase in ln for ln in lines), r.output
+    assert "Traceback" not in r.output
+    assert_untouched(before)
+    assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+# ---------------------------------------------------------------------------------------------- through the real script
+
+
+def test_no_traceback_unless_compressor_debug(tmp_path, small_teacher):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(small_teacher.read_bytes()[:1000])
+    args = ["distill", cut, "--recipe", RECIPE, "--out", tmp_path / "o", *FAST]
+    plain = run_cli(*args, env={"COMPRESSOR_DEBUG": "0"})
+    assert plain.returncode == 2
+    (line,) = errors(plain.stderr)
+    assert line.startswith(f"error: {cut}: not a readable PyTorch checkpoint (truncated or another format")
+    assert "Traceback" not in plain.stderr + plain.stdout
+    debug = run_cli(*args, env={"COMPRESSOR_DEBUG": "1"})
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr
+    assert errors(debug.stderr) == errors(plain.stderr)  # the same message, with the traceback before it
+
+
+def test_every_recipe_problem_is_listed_by_the_script(tmp_path):
+    bad = recipe_file(tmp_path, "name: x\ntrian: {epochs: 1}\ntrain: {epochs: 0, lr: fast}\ndata: {val_fraction: 2}\n")
+    r = run_cli("recipe", "validate", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert sorted(errors(r.stderr)) == sorted([
+        f"error: {bad}: trian: unknown key; did you mean train?",
+        f"error: {bad}: data.val_fraction: Input should be less than 1",
+        f"error: {bad}: train.epochs: Input should be greater than 0",
+        f"error: {bad}: train.lr: Input should be a valid number, unable to parse string as a number",
+    ])
+
+
+# ---------------------------------------------------------------------------------------------- untrusted files
+
+
+def test_a_pickled_teacher_cannot_run_code_without_trust_teacher(tmp_path, cli):
+    """A teacher file whose unpickling would create a file: refused, and the file is never created."""
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"state_dict": Payload()}, tmp_path / "evil.pt")
+    r = cli("distill", tmp_path / "evil.pt", "--recipe", RECIPE, "--out", tmp_path / "o", *FAST)
+    assert r.exit_code == 2
+    assert any("holds pickled Python objects" in ln and "--trust-teacher" in ln for ln in errors(r.output)), r.output
+    assert not marker.exists()
+
+
+def test_only_the_trust_teacher_path_unpickles():
+    """No `weights_only=False` anywhere in the package but the one --trust-teacher load (and the docstring
+    that says so)."""
+    hits = [(p.relative_to(ROOT), line) for p in (ROOT / "compressor").rglob("*.py")
+            for line in p.read_text().splitlines() if "weights_only=False" in line]
+    assert hits and all(str(p) == "compressor/teachers.py" and "--trust-teacher" in line for p, line in hits), hits
+    code = [line for _, line in hits if "torch.load(" in line]
+    assert len(code) == 1
+
+
+# ---------------------------------------------------------------------------------------------- a full disk
+
+
+def train_args(out: Path) -> list:
+    return ["train", "--recipe", RECIPE, "--out", out, "--force",
+            *sets("data.limit_train=80", "train.batch_size=32", "teacher.arch=wrn-10-1", "device=cpu")]
+
+
+def test_no_space_on_a_tiny_file_system(tmp_path, cli):
+    """A 300 KB tmpfs: the training state does not fit; the old checkpoint there survives, nothing is left over."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        old = os.urandom(100_000)
+        (mnt / "teacher.pt").write_bytes(old)
+        r = cli(*train_args(mnt / "teacher.pt"))
+        assert r.exit_code == 2, r.output
+        assert errors(r.output) == [f"error: {mnt}/teacher.pt.state: no space left on device while saving "
+                                    "(the previous file, if any, is unchanged)"]
+        assert (mnt / "teacher.pt").read_bytes() == old
+        assert not list(mnt.glob(".*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_file_size_limit_while_saving(tmp_path):
+    """ulimit -f (EFBIG, works without privileges): the same clean failure through the atomic write."""
+    old = b"the previous teacher"
+    (tmp_path / "teacher.pt").write_bytes(old)
+    env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200"}
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # noqa: E731
+    r = subprocess.run([str(Path(sys.executable).with_name("compress")), *map(str, train_args(tmp_path / "teacher.pt"))],
+                       capture_output=True, text=True, env=env, preexec_fn=limit, timeout=600)
+    assert r.returncode == 2, r.stderr
+    assert errors(r.stderr) == [f"error: {tmp_path}/teacher.pt.state: file too large for this file system or the "
+                                "file-size limit (ulimit -f)"]
+    assert (tmp_path / "teacher.pt").read_bytes() == old and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_writing_to_a_device_keeps_the_device(tmp_path):
+    """`--out /dev/null` must write into the device, not rename a regular file over it (as root it could)."""
+    write_text("/dev/null", "discarded\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    with pytest.raises(Exception, match="no space left on device"):
+        with atomic_path("/dev/full") as tmp, open(tmp, "w") as f:
+            f.write("x" * 100_000)
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)

@@ -1,0 +1,124 @@
+"""F-ActT: the loss against its formula, the 1x1 adapters (trained with the student, kept out of the export), and a
+real distillation with F-ActT alone through the CLI."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from compressor.checkpoint import load_model, load_trusted_dict
+from compressor.extra_terms import ExtraTerms
+from compressor.feature_transfer import FeatureAdapters, feature_loss
+from compressor.models import create_model
+from compressor.recipe import load_recipe
+from compressor.trainer import build_optimizer
+
+from .conftest import RECIPE, run_cli, sets
+
+WRN_PAIRS = [(f"group{i}", f"group{i}", f"group{i}") for i in range(3)]  # (name, teacher path, student path)
+
+
+def test_feature_loss_is_the_adapted_mean_squared_difference():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g)
+    adapter = nn.Conv2d(4, 6, 1, bias=False)
+    expected = (F.conv2d(F.avg_pool2d(s, 2), adapter.weight) - t).pow(2).mean()
+    torch.testing.assert_close(feature_loss(s, t, adapter), expected)
+    # equal channels: no adapter, the larger map (here the teacher's) pooled to the smaller
+    t2 = torch.randn(2, 4, 16, 16, generator=g)
+    torch.testing.assert_close(feature_loss(s, t2, nn.Identity()), (s - F.avg_pool2d(t2, 2)).pow(2).mean())
+    assert feature_loss(s, s, nn.Identity()).item() == 0.0
+
+
+def test_adapters_follow_the_channel_counts():
+    student, teacher = create_model("wrn-16-1", 10, 1), create_model("wrn-16-2", 10, 1)
+    adapters = FeatureAdapters.for_pairs(student, teacher, WRN_PAIRS, (1, 28, 28))
+    # group0 of both has 16 channels (WRN's first group is 16·K but K=1 vs 2): 16->32, 32->64, 64->128
+    shapes = [tuple(a.weight.shape) if isinstance(a, nn.Conv2d) else None for a in adapters.adapters]
+    assert shapes == [(32, 16, 1, 1), (64, 32, 1, 1), (128, 64, 1, 1)]
+    same = FeatureAdapters.for_pairs(student, create_model("wrn-16-1", 10, 1), WRN_PAIRS, (1, 28, 28))
+    assert all(isinstance(a, nn.Identity) for a in same.adapters)
+
+
+def test_adapters_are_trained_with_the_student():
+    recipe = load_recipe(RECIPE, ["distill.feature.enabled=true"])
+    torch.manual_seed(0)
+    student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1).eval()
+    extra = ExtraTerms.build(recipe, student, teacher, WRN_PAIRS, (1, 28, 28), torch.device("cpu"))
+    assert extra is not None and extra.uses_features and not extra.needs_input_grad
+    opt, _ = build_optimizer(extra.with_adapters(student), recipe.train, 1, 1)
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert {id(p) for p in extra.adapters.parameters()} <= in_opt
+    assert {id(p) for p in student.parameters()} <= in_opt
+    # the student's parameters come first, in their own order (resume states stay compatible)
+    assert [id(p) for p in opt.param_groups[0]["params"][: len(list(student.parameters()))]] == [id(p) for p in student.parameters()]
+
+    before = [p.detach().clone() for p in extra.adapters.parameters()]
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    feats = {}
+    hooks = [dict(m.named_modules())[f"group{i}"].register_forward_hook(
+        lambda _m, _i, o, k=(role, i): feats.__setitem__(k, o)) for role, m in (("s", student), ("t", teacher)) for i in range(3)]
+    logits = student(x)
+    with torch.no_grad():
+        teacher(x)
+    for h in hooks:
+        h.remove()
+    terms = extra({"ce": F.cross_entropy(logits, y), "total": F.cross_entropy(logits, y)}, student, teacher, x, y,
+                  logits, [feats["s", i] for i in range(3)], [feats["t", i] for i in range(3)])
+    assert list(terms) == ["ce", "feat.group0", "feat.group1", "feat.group2", "total"]
+    torch.testing.assert_close(terms["total"], sum(v for k, v in terms.items() if k != "total"))
+    opt.zero_grad()
+    terms["total"].backward()
+    opt.step()
+    assert all(not torch.equal(b, a) for b, a in zip(before, extra.adapters.parameters()))
+    assert set(extra.state_dict()) == {f"adapters.{i}.weight" for i in range(3)}
+
+
+def test_no_extra_terms_when_off_or_without_a_teacher():
+    student = create_model("wrn-10-1", 10, 1)
+    recipe = load_recipe(RECIPE)
+    assert ExtraTerms.build(recipe, student, create_model("wrn-10-2", 10, 1), WRN_PAIRS, (1, 28, 28), torch.device("cpu")) is None
+    on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.grad_at.enabled=true"])
+    assert ExtraTerms.build(on, student, None, [], (1, 28, 28), torch.device("cpu")) is None
+
+
+def test_distill_with_feature_transfer_keeps_adapters_out_of_the_export(teacher_ckpt, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+                *sets("distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false",
+                      "verify.batch_sizes=[1]", "data.limit_train=384"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert set(rows[0]["train_loss"]) == {"ce", "feat.group0", "feat.group1", "feat.group2", "total"}
+    report = json.loads((out / "report.json").read_text())
+    assert report["distillation"]["methods"] == ["feature"]
+    assert [p["student"] for p in report["distillation"]["pairs"]] == ["group0", "group1", "group2"]
+    fresh = create_model("wrn-16-1", 10, 1)
+    assert report["student"]["params"] == sum(p.numel() for p in fresh.parameters())
+
+    # the adapters are in the resume state, not in the student checkpoint
+    state = load_trusted_dict(out / "train_state.pt")
+    assert {k: tuple(v.shape) for k, v in state["extra"].items()} == {
+        "adapters.0.weight": (32, 16, 1, 1), "adapters.1.weight": (64, 32, 1, 1), "adapters.2.weight": (128, 64, 1, 1)}
+    student, ck = load_model(out / "student.pt")
+    assert set(ck["state_dict"]) == set(fresh.state_dict())
+    assert report["export"]["max_abs_diff"] <= 1e-4
+
+    # growing the epochs resumes the run, adapters included
+    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--resume",
+                *sets("distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false",
+                      "verify.batch_sizes=[1]", "data.limit_train=384", "train.epochs=2"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = load_trusted_dict(out / "train_state.pt")["extra"]
+    assert not torch.equal(resumed["adapters.0.weight"], state["extra"]["adapters.0.weight"])
+
+
+@pytest.mark.parametrize("key", ["distill.feature.beta=-1", "distill.feature.unknown=1"])
+def test_feature_recipe_keys_are_validated(key):
+    from compressor.errors import UserError
+
+    with pytest.raises(UserError, match="distill.feature"):
+        load_recipe(RECIPE, [key])

@@ -1,0 +1,63 @@
+"""The run's pictures: valid PNGs from real models and real Fashion-MNIST images, embedded in report.md."""
+
+import json
+
+import matplotlib.image as mpimg
+import torch
+
+from compressor.datasets import Normalize, load_data
+from compressor.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
+from compressor.models import create_model
+from compressor.recipe import DataConfig
+
+from .conftest import RECIPE, run_cli, sets
+
+
+def png(path):
+    img = mpimg.imread(path)  # raises on anything but a valid image
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    assert img[..., :3].std() > 0.01  # not a blank canvas
+    return img
+
+
+def test_attention_figure_from_real_models_and_images(tmp_path):
+    data = load_data(DataConfig(limit_train=10, limit_test=60, val_fraction=0.0), 0)
+    idx = pick_images(data.test.labels, 4)
+    assert len(set(data.test.labels[idx].tolist())) == 4  # distinct classes
+    images = data.test.images[idx]
+    x = Normalize(data.mean, data.std, torch.device("cpu"))(images)
+    torch.manual_seed(0)
+    teacher, before, after = create_model("wrn-10-2", 10, 1), create_model("wrn-10-1", 10, 1), create_model("wrn-10-1", 10, 1)
+    maps = attention_maps(teacher, x, ["group0", "group2"], 2, "mean")
+    assert [tuple(m.shape) for m in maps] == [(4, 28, 28), (4, 7, 7)]
+    torch.testing.assert_close(maps[1].flatten(1).norm(dim=1), torch.ones(4))
+    pairs = [(f"group{i}", f"group{i}") for i in range(3)]
+    attention_figure(tmp_path / "a.png", images, x, ["a", "b", "c", "d"], teacher, before, after, pairs)
+    img = png(tmp_path / "a.png")
+    assert img.shape[1] > img.shape[0]  # 10 columns, 4 rows
+
+
+def test_curves_and_latency_figures(tmp_path):
+    history = [{"epoch": e, "train_loss": {"ce": 1.0 / e, "kd": 2.0 / e, "at.group0": 0.1 / e, "total": 3.1 / e},
+                "train_accuracy": 50.0 + e, "val_accuracy": 48.0 + e} for e in (1, 2, 3)]
+    curves_figure(tmp_path / "c.png", history)
+    png(tmp_path / "c.png")
+    row = lambda ms: {"p50_ms": ms, "p90_ms": ms, "p99_ms": ms, "mean_ms": ms, "throughput": 1.0}  # noqa: E731
+    latency = {"provider": "CPUExecutionProvider", "teacher": {"1": row(2.0), "64": row(40.0)},
+               "student": {"1": row(0.8), "64": row(10.0)}, "speedup": {"1": 2.5, "64": 4.0}}
+    latency_figure(tmp_path / "l.png", latency)
+    png(tmp_path / "l.png")
+
+
+def test_distill_report_embeds_the_figures(teacher_ckpt, tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+                *sets("data.limit_train=256", "data.limit_test=100", "verify.batch_sizes=[1,4]"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["figures"].values()) == {"figures/attention.png", "figures/curves.png", "figures/latency.png"}
+    md = (out / "report.md").read_text()
+    for title, rel in report["figures"].items():
+        assert f"![{title}]({rel})" in md
+        png(out / rel)
+    assert not list((out / "figures").glob(".*.tmp"))

@@ -1,0 +1,74 @@
+"""`compress export` and `compress verify` through the CLI, on a real trained teacher and real test images."""
+
+import json
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from .conftest import RECIPE, sets
+
+
+def test_export_then_verify_against_a_baseline(teacher_ckpt, tmp_path, cli):
+    model = tmp_path / "teacher.onnx"
+    r = cli("export", teacher_ckpt, "--out", model)
+    assert r.exit_code == 0, r.output
+    assert "max |PyTorch - ONNX|" in r.output and model.is_file()
+    assert not list(tmp_path.glob("*.data"))
+
+    out = tmp_path / "verify.json"
+    r = cli("verify", model, "--recipe", RECIPE, "--baseline", model, "--out", out,
+            *sets("verify.batch_sizes=[1,4]", "verify.max_accuracy_drop=0.5"))
+    assert r.exit_code == 0, r.output
+    assert "p50" in r.output and "speedup" in r.output
+    result = json.loads(out.read_text())
+    assert set(result["latency"]["student"]) == {"1", "4"}
+    for row in result["latency"]["student"].values():
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["runs"] >= 10
+    # onnxruntime's accuracy on the same 300 test images is what PyTorch measured when training ended
+    torch_accuracy = torch.load(teacher_ckpt, weights_only=True)["metrics"]["test_accuracy"]
+    assert result["accuracy"]["model"] == result["accuracy"]["baseline"]
+    assert abs(result["accuracy"]["model"] - torch_accuracy) <= 0.34  # at most one of 300 images (a near-tie)
+    assert result["test_images"] == 300
+    assert [g["name"] for g in result["gates"]] == ["max_accuracy_drop"] and result["passed"]
+
+
+def test_export_fails_when_the_onnx_graph_is_altered(teacher_ckpt, tmp_path, cli):
+    """A wrong model never passes: perturb one weight of the exported graph and verify parity fails."""
+    from compressor.checkpoint import load_model
+    from compressor.export import check_parity
+    from compressor.pipeline import _parity_images
+
+    path = tmp_path / "t.onnx"
+    assert cli("export", teacher_ckpt, "--out", path).exit_code == 0
+    proto = onnx.load(path)
+    init = max(proto.graph.initializer, key=lambda t: len(t.raw_data) or 0)
+    w = numpy_helper.to_array(init).copy()
+    w.flat[0] += 0.5
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(proto, path)
+    model, ck = load_model(teacher_ckpt)
+    parity = check_parity(model, path, _parity_images(ck, tuple(ck["input_shape"])))
+    assert parity["max_abs_diff"] > 1e-4
+
+
+def test_export_parity_gate_exits_1(teacher_ckpt, tmp_path, cli):
+    r = cli("export", teacher_ckpt, "--out", tmp_path / "t.onnx", "--max-abs-diff", "1e-12")
+    assert r.exit_code == 1
+    assert "gate max_abs_diff failed" in r.output
+    assert (tmp_path / "t.onnx").is_file()  # the artifact is still written
+
+
+def test_int8_is_measured_beside_fp32(teacher_ckpt, tmp_path, cli):
+    out = tmp_path / "q"
+    r = cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+            *sets("export.quantize=int8", "distill.at.enabled=false", "verify.batch_sizes=[1,8]"))
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    q = report["int8"]
+    assert (out / "student.int8.onnx").is_file() and q["weights"] == "int8"
+    assert set(q["latency"]) == {"1", "8"} and isinstance(q["ship"], bool) and q["decision"]
+    # int8 costs little accuracy on a real (if briefly trained) student
+    assert abs(q["accuracy"] - report["student"]["onnx_accuracy"]) < 5.0
+    assert report["shipped"] == (q["path"] if q["ship"] else str(out / "student.onnx"))
+    assert "## int8" in (out / "report.md").read_text()
