@@ -19,6 +19,9 @@ A step costs at least a + b, so floor = 1 / (1/a + 1/b). The four run interleave
 rotates each round), after a one-step warm-up round; each figure is the median over the rounds, so a load change
 hits all four alike. Progress goes to stderr; the last line of stdout is one JSON object. The load average is
 recorded at the start and the end: numbers taken with a load above the core count are not a machine's figures.
+`by_cpu_time` repeats the figures by this process's CPU time, which barely moves with other jobs' load when
+--threads is 1 (and torchdistill has no DataLoader workers, whose time it would miss); `--fold-teacher` adds
+c with the teacher's BN folded (compressor.fastpath), interleaved with the rest.
 
 --set applies recipe overrides to compressor's run (c) and to a and b where they apply (train.channels_last,
 train.amp, train.batch_size), e.g. `--set train.channels_last=false` to measure the memory format.
@@ -131,7 +134,8 @@ class Bench:
         else:
             teacher = calibrated_teacher([b.cpu() for b in self.batches], self.data.num_classes)
         shape = self.data.input_shape
-        point_pairs = pair_auto(probe_points(teacher, shape), probe_points(create_model(STUDENT, 10, shape[0]), shape))
+        student = create_model(STUDENT, self.data.num_classes, shape[0])
+        point_pairs = pair_auto(probe_points(teacher, shape), probe_points(student, shape))
         self.pairs = [(s.module, t.module, s.module) for t, s in point_pairs]  # as pipeline.distill passes them
         # one copy per measurement: fit() and torchdistill each change the teacher they are given (memory
         # format, hooks, requires_grad), and neither should see the other's changes

@@ -6,9 +6,10 @@ F-ActT (and gradient-based AT when the recipe enables it), N seeds each. Every r
 student.onnx and report.json and is measured by the same onnxruntime verification; the table takes the error
 (100 - onnxruntime test accuracy), parameters and batch-1 p50 latency from those reports.
 
-Resumable: a run with a report.json is reused (after checking it was made from the same recipe), an unfinished
-one (train_state.pt) is resumed. A gate failure inside a run is recorded, not fatal: the baselines are expected to
-miss the accuracy gate. ablation.json and ablation.md are rewritten after every run.
+Resumable: a run with a report.json is reused, an unfinished one (train_state.pt) is resumed. Every finished run is
+checked against the recipe (read once) before anything starts, so other settings in the same OUT are refused
+before a file is written. A gate failure inside a run is recorded, not fatal: the baselines are expected to miss
+the accuracy gate. ablation.json and ablation.md are rewritten after every run.
 """
 
 from __future__ import annotations

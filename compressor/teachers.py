@@ -91,6 +91,8 @@ def open_model(
     if kind == "export":
         return _from_exported(path, trust)
     obj = _load_pickled(path) if trust else ckpt_io.load_trusted_dict(path)
+    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):  # {"model": module, "epoch": ...}
+        obj = obj["model"]
     if isinstance(obj, nn.Module):
         model = obj.eval()
         return Teacher(model, getattr(obj, "arch", type(obj).__name__), "pickled module",
@@ -129,7 +131,7 @@ def _unwrap_state_dict(obj) -> dict | None:
 
 def _from_state_dict(path: Path, arch: str, state: dict) -> Teacher:
     """Build `arch` with the class and channel counts its weights have, then load them."""
-    classes, channels = _state_dims(arch, state)
+    classes, channels = _state_dims(state)
     model = create_model(arch, classes or 10, channels or 3)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
@@ -152,7 +154,7 @@ def _from_state_dict(path: Path, arch: str, state: dict) -> Teacher:
     return Teacher(model.eval(), arch, "state_dict", input_shape=(channels, None, None), num_classes=classes)
 
 
-def _state_dims(arch: str, state: dict) -> tuple[int | None, int | None]:
+def _state_dims(state: dict) -> tuple[int | None, int | None]:
     """(classes, input channels) read from the weights: the first 4-D weight is the stem convolution's
     (out, in, kH, kW), the last 2-D weight the classifier's (classes, features). A saved state_dict keeps the
     order in which the model registered its modules, stem first and head last."""

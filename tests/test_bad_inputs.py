@@ -92,7 +92,8 @@ def unknown_section(tmp, teacher, images):
 
 
 def wrong_type(tmp, teacher, images):
-    return distill(teacher, "--set", "train.batch_size=many", out=tmp / "o"), "train.batch_size: Input should be a valid integer"
+    args = distill(teacher, "--set", "train.batch_size=many", out=tmp / "o")
+    return args, "train.batch_size: Input should be a valid integer"
 
 
 def section_not_a_mapping(tmp, teacher, images):
@@ -101,7 +102,8 @@ def section_not_a_mapping(tmp, teacher, images):
 
 
 def out_of_range(tmp, teacher, images):
-    return distill(teacher, "--set", "data.val_fraction=1.5", out=tmp / "o"), "data.val_fraction: Input should be less than 1"
+    args = distill(teacher, "--set", "data.val_fraction=1.5", out=tmp / "o")
+    return args, "data.val_fraction: Input should be less than 1"
 
 
 def infinite_value(tmp, teacher, images):
@@ -226,7 +228,8 @@ def out_holds_an_unfinished_run(tmp, teacher, images):
 
 def train_out_not_writable(tmp, teacher, images):
     (tmp / "file").write_text("a regular file\n")
-    return ["train", "--recipe", RECIPE, "--out", tmp / "file" / "teacher.pt", *FAST], "file exists and is not a directory"
+    args = ["train", "--recipe", RECIPE, "--out", tmp / "file" / "teacher.pt", *FAST]
+    return args, "file exists and is not a directory"
 
 
 def export_out_not_writable(tmp, teacher, images):
@@ -361,8 +364,9 @@ def test_file_size_limit_while_saving(tmp_path):
     (tmp_path / "teacher.pt").write_bytes(old)
     env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200"}
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # noqa: E731
-    r = subprocess.run([str(Path(sys.executable).with_name("compress")), *map(str, train_args(tmp_path / "teacher.pt"))],
-                       capture_output=True, text=True, env=env, preexec_fn=limit, timeout=600)
+    exe = Path(sys.executable).with_name("compress")
+    r = subprocess.run([str(exe), *map(str, train_args(tmp_path / "teacher.pt"))], capture_output=True, text=True,
+                       env=env, preexec_fn=limit, timeout=600)
     assert r.returncode == 2, r.stderr
     assert errors(r.stderr) == [f"error: {tmp_path}/teacher.pt.state: file too large for this file system or the "
                                 "file-size limit (ulimit -f)"]

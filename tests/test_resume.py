@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,10 +28,21 @@ RESUMABLE = ("data.limit_train=240", "data.limit_test=100", "train.batch_size=24
 
 
 def start_cli(*args) -> subprocess.Popen:
+    """The console script in the background; its output goes to a file (a pipe nobody reads could fill up)."""
     env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200"}
     exe = Path(sys.executable).with_name("compress")
-    return subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT, env=env)
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([str(exe), *map(str, args)], stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env=env)
+    proc.log = log
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    """Wait for a background run; return everything it printed."""
+    proc.wait(timeout)
+    proc.log.seek(0)
+    return proc.log.read()
 
 
 def saved_position(state_path: Path) -> tuple[int, int] | None:
@@ -51,8 +63,7 @@ def wait_for(proc: subprocess.Popen, condition, timeout: float = 300.0, poll=Non
         if found:
             return found
         if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"the run ended (exit {proc.returncode}) before the moment to stop it:\n{err[-3000:]}")
+            pytest.fail(f"the run ended (exit {proc.returncode}) before the moment to stop it:\n{finish(proc)[-3000:]}")
         time.sleep(0.05)
     proc.kill()
     pytest.fail("timed out waiting for the run")
@@ -107,7 +118,7 @@ def test_distill_killed_in_epoch_2_resumes_to_the_same_student(small_teacher, tm
     wait_for(proc, lambda: (saved_position(killed / "train_state.pt") or (0, 0))[0] == 1
              and saved_position(killed / "train_state.pt")[1] > 0, poll=stop_baseline)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    finish(proc)
     assert proc.returncode == -signal.SIGKILL
     epoch, step = saved_position(killed / "train_state.pt")
     assert epoch == 1 and step > 0, "the last complete checkpoint is inside epoch 2"
@@ -125,9 +136,9 @@ def test_distill_killed_in_epoch_2_resumes_to_the_same_student(small_teacher, tm
         watch()
         stop_baseline()
         time.sleep(0.05)
-    out, err = proc.communicate()
-    assert proc.returncode == 0, err[-3000:]
-    assert "resuming from epoch 2 step" in err
+    log = finish(proc)
+    assert proc.returncode == 0, log[-3000:]
+    assert "resuming from epoch 2 step" in log
     watch()
     assert {"student.onnx", "report.json", "student.pt"} <= set(watch.seen)
     for name in ("student.pt", "student.onnx", "teacher.onnx", "report.json", "report.md", "metrics.jsonl"):
@@ -138,8 +149,8 @@ def test_distill_killed_in_epoch_2_resumes_to_the_same_student(small_teacher, tm
     while baseline.poll() is None:
         stop_baseline()
         time.sleep(0.05)
-    out, err = baseline.communicate()
-    assert baseline.returncode in (0, 130), err[-3000:]  # 130: stopped after training, during the export
+    log = finish(baseline)
+    assert baseline.returncode in (0, 130), log[-3000:]  # 130: stopped after training, during the export
     assert not list(straight.glob(".*.tmp"))
 
     resumed, uninterrupted = student_checkpoint(killed), student_checkpoint(straight)
@@ -164,9 +175,9 @@ def test_train_sigterm_saves_state_says_how_to_resume_and_resumes(tmp_path, cli)
     proc = start_cli(*args, "--out", stopped)
     wait_for(proc, lambda: saved_position(state))  # training is under way: the first checkpoint exists
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-3000:]
-    assert "state saved to" in err and "--resume" in err and "Traceback" not in err
+    log = finish(proc)
+    assert proc.returncode == 130, log[-3000:]
+    assert "state saved to" in log and "--resume" in log and "Traceback" not in log
     assert saved_position(state) != (2, 0) and not stopped.exists()
 
     r = cli(*args, "--out", stopped)
@@ -176,8 +187,8 @@ def test_train_sigterm_saves_state_says_how_to_resume_and_resumes(tmp_path, cli)
 
     r = run_cli(*args, "--out", stopped, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    out, err = baseline_run.communicate(timeout=600)
-    assert baseline_run.returncode == 0, err[-3000:]
+    log = finish(baseline_run)
+    assert baseline_run.returncode == 0, log[-3000:]
 
     a, b = (torch.load(p, weights_only=True) for p in (stopped, straight))
     assert a["metrics"]["test_accuracy"] == b["metrics"]["test_accuracy"]
