@@ -30,7 +30,10 @@ data: venv
 # then distil WRN-16-1 with AT+KD, export to ONNX, verify with onnxruntime, write the report.
 demo: data
 	@test -f $(RUN)/teacher.pt || $(VENV)/bin/compress train --recipe recipes/fashion_at.yaml --out $(RUN)/teacher.pt
-	$(VENV)/bin/compress distill $(RUN)/teacher.pt --recipe recipes/fashion_at.yaml --out $(RUN) --force
+	@# exit 1 = a verification gate failed: every artifact is written and the report names the gate; on this
+	@# short CPU budget the student can miss max_accuracy_drop, which the demo shows rather than hides
+	$(VENV)/bin/compress distill $(RUN)/teacher.pt --recipe recipes/fashion_at.yaml --out $(RUN) --force || test $$? -eq 1
+	@echo "demo outputs: $(RUN)/ (report.md, report.json, student.onnx, student.pt, figures/)"
 
 test: data
 	$(PY) -m pytest -q
