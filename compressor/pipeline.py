@@ -261,7 +261,6 @@ def export_checkpoint(
     The other teacher formats (state_dict with `arch`, TorchScript, torch.export, a trusted pickle) export too,
     with the parity check on seeded random inputs of `input_shape` (or the shape the file records)."""
     from .export import check_parity, export_onnx
-    from .verify import PARITY_IMAGES
 
     teacher = open_model(path, arch=arch, input_shape=parse_shape(input_shape), trust=trust, names=False)
     if teacher.source != "compressor checkpoint":
