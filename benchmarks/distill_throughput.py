@@ -20,8 +20,9 @@ rotates each round), after a one-step warm-up round; each figure is the median o
 hits all four alike. Progress goes to stderr; the last line of stdout is one JSON object. The load average is
 recorded at the start and the end: numbers taken with a load above the core count are not a machine's figures.
 `by_cpu_time` repeats the figures by this process's CPU time, which barely moves with other jobs' load when
---threads is 1 (and torchdistill has no DataLoader workers, whose time it would miss); `--fold-teacher` adds
-c with the teacher's BN folded (compressor.fastpath), interleaved with the rest.
+--threads is 1 (and torchdistill has no DataLoader workers, whose time it would miss); `--compile` adds e, c with
+`train.compile: true` (torch.compile; it compiles in the warm-up round, timed apart), interleaved with the rest.
+fit() folds the frozen teacher's BN into its convs itself, so c includes that (a and b are plain eager PyTorch).
 
 --set applies recipe overrides to compressor's run (c) and to a and b where they apply (train.channels_last,
 train.amp, train.batch_size), e.g. `--set train.channels_last=false` to measure the memory format.
@@ -48,7 +49,6 @@ import torchdistill_run as td
 from compressor.datasets import Batches, Normalize, Split, load_data
 from compressor.device import amp_dtype, autocast, environment
 from compressor.errors import CompressorError
-from compressor.fastpath import fold_batchnorm
 from compressor.features import pair_auto, probe_points
 from compressor.models import create_model
 from compressor.recipe import load_recipe
@@ -71,9 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", type=Path, help="a compressor teacher checkpoint (default: random init, BN calibrated)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override for compressor's run (repeatable)")
-    p.add_argument("--fold-teacher", action="store_true",
-                   help="also measure c with the teacher's BN folded into its convs (compressor.fastpath), "
-                        "as `compressor_folded_teacher_img_s`")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure c with train.compile=true, as `compressor_compiled_img_s`")
     p.add_argument("--skip-torchdistill", action="store_true", help="measure a, b, c only")
     p.add_argument("--bench-venv", type=Path, default=td.DEFAULT_VENV, help="torchdistill's venv")
     p.add_argument("--no-install", action="store_true", help="do not create the bench venv when it is missing")
@@ -141,7 +140,8 @@ class Bench:
         # format, hooks, requires_grad), and neither should see the other's changes
         self.teacher_b = copy.deepcopy(teacher).to(self.device, memory_format=self.memory_format).eval()
         self.teacher_c = copy.deepcopy(teacher)
-        self.teacher_e = fold_batchnorm(teacher, keep=[t for _, t, _ in self.pairs]) if args.fold_teacher else None
+        self.recipe_e = recipe.model_copy(update={"train": recipe.train.model_copy(update={"compile": True})})
+        self.compile_seconds: float | None = None
         self.teacher_d = copy.deepcopy(teacher).to(self.device)
         self.student_a = create_model(STUDENT, self.data.num_classes, shape[0]).to(
             self.device, memory_format=self.memory_format).train()
@@ -193,24 +193,25 @@ class Bench:
 
         return go
 
-    def compressor(self, steps: int, teacher=None):
-        teacher = teacher or self.teacher_c
+    def compressor(self, steps: int, recipe=None):
+        recipe = recipe or self.recipe
+        teacher = self.teacher_c
         n = steps * self.batch
         data = replace(self.data, train=Split(self.data.train.images[:n], self.data.train.labels[:n]))
         student = create_model(STUDENT, self.data.num_classes, self.data.input_shape[0])
 
         def go() -> int:
-            result = fit(student, data, self.recipe, device=self.device, state_path=self.tmp / "train_state.pt",
+            result = fit(student, data, recipe, device=self.device, state_path=self.tmp / "train_state.pt",
                 metrics_path=self.tmp / "metrics.jsonl", role="distill", teacher=teacher, pairs=self.pairs,
                 epochs=1)
-            if teacher is self.teacher_c:
+            if recipe is self.recipe:
                 self.loop_img_s.append(result.images_per_second)  # fit's own figure: the epoch loop alone
             return n
 
         return go
 
-    def compressor_folded_teacher(self, steps: int):
-        return self.compressor(steps, self.teacher_e)
+    def compressor_compiled(self, steps: int):
+        return self.compressor(steps, self.recipe_e)
 
     def torchdistill(self, steps: int):
         if self.td_reason:
@@ -262,14 +263,17 @@ def run(args: argparse.Namespace) -> dict:
     load_start = os.getloadavg()
     bench = Bench(args)
     kinds = {"a": bench.student_step, "b": bench.teacher_inference, "c": bench.compressor, "d": bench.torchdistill}
-    if args.fold_teacher:
-        kinds["e"] = bench.compressor_folded_teacher
+    if args.compile:
+        kinds["e"] = bench.compressor_compiled
     samples: dict[str, list] = {k: [] for k in kinds}
     order = list(kinds)
     log(f"warm-up round (1 step each), then {args.repeats} rounds of {args.steps} steps x batch {bench.batch}, "
         f"{args.threads} threads, load average {load_start[0]:.2f}")
+    warmup = {}
     for k in order:
+        w0 = time.perf_counter()
         timed(kinds[k](1), bench.device)
+        warmup[k] = time.perf_counter() - w0
     for r in range(args.repeats):
         rotated = order[r % len(order):] + order[: r % len(order)]  # no measurement always runs first
         for k in rotated:
@@ -295,10 +299,11 @@ def run(args: argparse.Namespace) -> dict:
         "torchdistill_reason": bench.td_reason,
         # fit()'s own images/s over its epoch loop, without its set-up and end-of-epoch checkpoint (c has them)
         "compressor_loop_img_s": round(median(bench.loop_img_s[1:]), 1),
-        **({"compressor_folded_teacher_img_s": round(wall["e"], 1),
-            "folded_teacher_gain": round(median(paired(samples, "e", "c", "wall")) - 1, 3),
-            "folded_teacher_gain_by_cpu_time": round(median(paired(samples, "e", "c", "cpu")) - 1, 3)}
-           if args.fold_teacher else {}),
+        **({"compressor_compiled_img_s": round(wall["e"], 1),
+            "compiled_gain": round(median(paired(samples, "e", "c", "wall")) - 1, 3),
+            "compiled_ratio_vs_torchdistill": round(wall["e"] / wall["d"], 3) if wall["d"] else None,
+            "compile_warmup_s": round(warmup["e"], 1)}
+           if args.compile else {}),
         "by_cpu_time": summary(cpu["a"], cpu["b"], cpu["c"], cpu["d"]) if bench.device.type == "cpu" else None,
         "samples_img_s": {k: [round(x["wall"], 1) if x else None for x in v] for k, v in samples.items()},
         "settings": {"channels_last": bench.recipe.train.channels_last, "amp": str(bench.dtype),

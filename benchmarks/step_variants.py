@@ -7,7 +7,8 @@ The step is trainer.fit()'s inner step rebuilt from the same parts (augment_batc
 FeatureTap, DistillLoss, SGD with the recipe's settings), WRN-16-2 -> WRN-16-1 on 1x28x28 batches of 128, so
 that each change can be switched on alone; distill_throughput.py measures fit() itself. Variants:
 
-  base            what fit() does: channels_last, teacher under no_grad, DistillLoss
+  base            the plain step: channels_last, teacher under no_grad, attention maps as a.pow(2).mean(1)
+                  (fit() before the BN folding and fused maps; since then fit() runs `fold+fused-at`)
   contiguous      NCHW memory format instead of channels_last
   inference-mode  teacher under inference_mode (its outputs cloned: KD's kl_div saves the teacher's probabilities
                   for backward, which inference tensors may not be)
@@ -37,7 +38,7 @@ from torch.nn import functional as F
 from compressor.datasets import Normalize, augment_batch
 from compressor.fastpath import channel_energy, fold_batchnorm
 from compressor.features import FeatureTap
-from compressor.losses import DistillLoss, kd_terms
+from compressor.losses import kd_terms
 from compressor.models import create_model
 
 POINTS = ["group0", "group1", "group2"]  # WRN stage outputs: the attention pairs fit() gets for these models
@@ -45,11 +46,11 @@ VARIANTS = ["base", "contiguous", "inference-mode", "fold", "fused-at", "fold+fu
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as compressor.datasets.NORMALISATION
 
 
-def fused_loss(beta: float = 1000.0):
-    """DistillLoss's terms with each attention map's mean_c A² from channel_energy."""
+def at_kd_loss(energy, beta: float = 1000.0):
+    """DistillLoss's terms (KD + beta * AT per pair) with each attention map's mean_c A² computed by `energy`."""
 
     def amap(f: torch.Tensor) -> torch.Tensor:
-        return F.normalize(channel_energy(f.float()).flatten(1), dim=1)
+        return F.normalize(energy(f.float()).flatten(1), dim=1)
 
     def loss(logits, labels, t_logits, s_feats, t_feats):
         terms = kd_terms(logits, t_logits, labels)
@@ -61,6 +62,10 @@ def fused_loss(beta: float = 1000.0):
     return loss
 
 
+def plain_energy(a: torch.Tensor) -> torch.Tensor:
+    return a.pow(2).mean(1)  # what losses.attention_map computed before it used channel_energy
+
+
 def make_step(variant: str, teacher: torch.nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor]):
     """A function running one distillation step on batch i, for a fresh student and this variant."""
     fmt = torch.contiguous_format if variant == "contiguous" else torch.channels_last
@@ -69,7 +74,7 @@ def make_step(variant: str, teacher: torch.nn.Module, images: list[torch.Tensor]
     t = fold_batchnorm(teacher, keep=POINTS) if "fold" in variant else copy.deepcopy(teacher)
     t = t.to(memory_format=fmt).eval().requires_grad_(False)
     s_tap, t_tap = FeatureTap(student, POINTS), FeatureTap(t, POINTS)
-    loss_fn = fused_loss() if "fused-at" in variant else DistillLoss(POINTS)
+    loss_fn = at_kd_loss(channel_energy if "fused-at" in variant else plain_energy)
     s_run, t_run = (torch.compile(student), torch.compile(t)) if variant == "compile" else (student, t)
     frozen = torch.inference_mode if variant == "inference-mode" else torch.no_grad
     g = torch.Generator().manual_seed(0)

@@ -48,17 +48,19 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
-    """An eval-mode copy of `model` with each conv -> BN pair folded into one conv; `model` is not changed.
+    """An eval-mode copy of `model` with each conv -> BN pair folded into one conv; `model` is not changed
+    (and is returned itself when nothing can be folded).
 
     keep: module paths whose outputs are hooked; a conv among them keeps its BN. (A hooked BN may be folded:
     the Identity that replaces it returns exactly what the BN did.)
     """
-    folded = copy.deepcopy(model).eval()
     keep = set(keep)
+    pairs = [(c, b) for c, b in conv_bn_pairs(model) if c not in keep]
+    if not pairs:  # nothing to fold (or not traceable: TorchScript, data-dependent control flow): as it is
+        return model
+    folded = copy.deepcopy(model).eval()
     modules = dict(folded.named_modules())
-    for conv_path, bn_path in conv_bn_pairs(folded):
-        if conv_path in keep:
-            continue
+    for conv_path, bn_path in pairs:
         conv = fuse_conv_bn_eval(modules[conv_path], modules[bn_path])
         conv.requires_grad_(False)
         _set_module(folded, conv_path, conv)

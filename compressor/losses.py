@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch.nn import functional as F
 
+from .fastpath import channel_energy
+
 
 def attention_map(features: torch.Tensor, p: float = 2, mapping: str = "mean") -> torch.Tensor:
     """Spatial attention map: (N, C, H, W) -> (N, H*W), L2-normalised per image.
@@ -24,8 +26,11 @@ def attention_map(features: torch.Tensor, p: float = 2, mapping: str = "mean") -
     autocast region does not coarsen the map.
     """
     a = features.float()
-    a = a.pow(2) if p == 2 else a.abs().pow(p)  # for p = 2 identical to |A|^2, and what the reference does
-    q = a.mean(1) if mapping == "mean" else a.amax(1)
+    if p == 2 and mapping == "mean":  # the paper's setting: mean_c A² in one reduction, same values and grads
+        q = channel_energy(a)
+    else:
+        a = a.pow(2) if p == 2 else a.abs().pow(p)  # for p = 2 identical to |A|^2, and what the reference does
+        q = a.mean(1) if mapping == "mean" else a.amax(1)
     return F.normalize(q.flatten(1), dim=1)
 
 

@@ -24,6 +24,7 @@ from .fileio import write_json, write_text
 from .models import create_model
 from .progress import TrainProgress, console
 from .recipe import Recipe
+from .runtime import require_provider
 from .teachers import Teacher, load_teacher, open_model
 from .trainer import evaluate, fit
 from .verify import count_flops, count_params, verify_student
@@ -154,6 +155,7 @@ def distill(
     """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails."""
     started = time.perf_counter()
     paths = RunPaths(out)
+    require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
     parallel = distributed.describe(recipe.train)
     distributed.on_main(_prepare_out_dir, out, resume=resume, force=force)

@@ -124,6 +124,15 @@ class Session:
         return self.inner.run([self.output_name], {self.input_name: batch})[0]
 
 
+def require_provider(device: str) -> None:
+    """Refuse `device: cuda` up front when onnxruntime has no CUDA provider: the run would train for nothing and
+    then fail at verification, which opens its sessions with the recipe's device."""
+    if device == "cuda" and CUDA not in ort.get_available_providers():
+        raise UserError("device: cuda: onnxruntime has no CUDAExecutionProvider, so the exported models could not "
+                        "be verified on the GPU; install onnxruntime-gpu in place of onnxruntime, or use --device "
+                        "auto (trains on the GPU, verifies with onnxruntime on the CPU)")
+
+
 def create_session(
     path: str | os.PathLike,
     *,

@@ -30,6 +30,7 @@ from .datasets import Batches, DataBundle, Normalize
 from .device import amp_dtype, autocast
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CompressorError, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
+from .fastpath import fold_batchnorm
 from .features import FeatureTap
 from .fileio import append_jsonl, write_jsonl
 from .losses import DistillLoss
@@ -94,7 +95,21 @@ def build_optimizer(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=None) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode."""
+    """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode.
+
+    Without `dtype` (the final numbers, compared with onnxruntime's fp32 ones) CUDA convolutions run in full
+    fp32: cuDNN's default TF32 would round their inputs to 10-bit mantissas and flip near-tied images.
+    """
+    tf32 = torch.backends.cudnn.allow_tf32
+    if dtype is None and device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _evaluate(model, batches, device, dtype)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype) -> dict:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -178,20 +193,59 @@ def _digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+class _Running:
+    """An epoch's loss terms summed over its images, kept on the device as one stacked tensor: one kernel per
+    step for all terms (on a GPU, where this model's steps are bound by kernel launches, two per term added up).
+    `base`: the sums of an interrupted epoch's earlier steps, restored by --resume; the running sum starts from
+    them, so a resumed epoch adds exactly what the uninterrupted one did."""
+
+    def __init__(self, base: dict[str, torch.Tensor] | None = None):
+        self.base = dict(base or {})
+        self.names: list[str] | None = None
+        self.acc: torch.Tensor | None = None
+
+    def add(self, terms: dict[str, torch.Tensor], n: int) -> tuple[list[str], torch.Tensor]:
+        """Adds n × each term; returns (names, the step's values stacked)."""
+        values = torch.stack([terms[k].detach().float() for k in (self.names or terms)])
+        if self.names is None:
+            self.names = list(terms)  # the same keys, in the same order, every step
+            start = [torch.as_tensor(self.base.get(k, 0.0), dtype=values.dtype, device=values.device)
+                     for k in self.names]
+            self.acc = torch.stack(start)
+        self.acc.add_(values, alpha=n)
+        return self.names, values
+
+    def sums(self) -> dict[str, torch.Tensor]:
+        if self.acc is None:
+            return dict(self.base)
+        return {k: v.clone() for k, v in zip(self.names, self.acc)}
+
+
 class _Divergence:
     """The first step of an epoch whose loss is not finite, and its loss terms, kept on the device: noticing
-    costs no host sync; the loop reads `step` only where it syncs anyway."""
+    costs no host sync (and a few kernels for all terms together); the loop reads `step` only where it syncs
+    anyway."""
 
     def __init__(self, device: torch.device):
         self.step = torch.full((), -1, device=device, dtype=torch.long)
-        self.terms: dict[str, torch.Tensor] = {}  # at the first bad step
-        self.last: dict[str, torch.Tensor] = {}  # at the latest step
+        self.names: list[str] = []
+        self.first: torch.Tensor | None = None  # the terms at the first bad step
+        self.latest: torch.Tensor | None = None  # the terms at the latest step
 
-    def see(self, step: int, terms: dict[str, torch.Tensor]) -> None:
-        self.last = {k: v.detach().float() for k, v in terms.items()}
-        first = (self.step < 0) & ~torch.isfinite(self.last["total"])
-        self.step = torch.where(first, step, self.step)
-        self.terms = {k: torch.where(first, v, self.terms.get(k, v)) for k, v in self.last.items()}
+    def see(self, step: int, names: list[str], values: torch.Tensor) -> None:
+        """values: the step's terms stacked in the order of `names` (which holds "total")."""
+        self.names, self.latest = names, values
+        bad = (self.step < 0) & ~torch.isfinite(values[names.index("total")])
+        self.step = torch.where(bad, step, self.step)
+        self.first = values if self.first is None else torch.where(bad, values, self.first)
+
+    @property
+    def terms(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.first)) if self.first is not None else {}
+
+    @property
+    def last(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.latest)) if self.latest is not None else {}
 
     def error(self, epoch: int, step: int, saved: str, *, weights: bool = False) -> Diverged:
         """weights=False: the loss of `step` was not finite; True: its loss was, but its update was not."""
@@ -205,10 +259,29 @@ class _Divergence:
         )
 
 
+def _means(sums: dict[str, torch.Tensor], seen: int) -> dict[str, float]:
+    """Each term's mean over the images seen, read with one host sync."""
+    if not sums:
+        return {}
+    values = (torch.stack([torch.as_tensor(v).float() for v in sums.values()]) / max(seen, 1)).tolist()
+    return dict(zip(sums, values))
+
+
 def _finite(model: nn.Module) -> bool:
     """Whether every weight and statistic is finite (one host sync); checked before any state is saved."""
     values = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
     return bool(torch.stack(values).all()) if values else True
+
+
+def compiled(net: nn.Module, teacher: nn.Module | None, enabled: bool):
+    """(student forward, teacher forward): through `torch.compile` when enabled, else the modules themselves.
+
+    Measured on the 2-core CPU: +13% on the distillation step after a 20-30 s compile, so worth it only for runs
+    of more than a few minutes; the default is off. Forward hooks (the attention points) keep firing.
+    """
+    if not enabled:
+        return net, teacher
+    return torch.compile(net), (torch.compile(teacher) if teacher is not None else None)
 
 
 def fit(
@@ -256,6 +329,12 @@ def fit(
         [p[0] for p in pairs] if use_at else [], beta=at.beta, p=at.p, mapping=at.mapping,
         kd=teacher is not None and kd.enabled, alpha=kd.alpha, temperature=kd.temperature,
     )
+    fingerprint = _fingerprint(recipe, role, teacher)  # of the teacher as given, before folding
+    if teacher is not None:
+        # frozen in eval mode, its BN layers are fixed affine maps: folded into the convs they follow, one pass
+        # over each activation disappears (+5-9% on the CPU step, docs/BENCHMARKS.md); a copy, the caller's
+        # teacher is not changed; a conv whose own output is an attention point keeps its BN
+        teacher = fold_batchnorm(teacher, keep=[p[1] for p in pairs])
     use_taps = use_at or bool(extra and extra.uses_features)
     s_tap = FeatureTap(model, [p[2] for p in pairs]) if use_taps else None
     t_tap = FeatureTap(teacher, [p[1] for p in pairs]) if use_taps else None
@@ -264,11 +343,13 @@ def fit(
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
     needs_teacher_forward = teacher is not None and (use_taps or loss_fn.kd)
+    # train.compile: the student's and the teacher's forwards through torch.compile (hooks still fire);
+    # evaluation and export keep the plain modules
+    net, teacher_fwd = compiled(net, teacher, cfg.compile)
 
     start_epoch, start_step, history = 0, 0, []
     best = {"accuracy": -1.0, "epoch": 0, "state": None}
     resumed_from, partial = None, None
-    fingerprint = _fingerprint(recipe, role, teacher)
     if resume and state_path.exists():
         state = ckpt_io.load_trusted_dict(state_path)
         problems = _state_matches(state, fingerprint, role)
@@ -342,13 +423,13 @@ def fit(
         for epoch in range(start_epoch, epochs):
             first_step = start_step if epoch == start_epoch else 0
             at_scale = at_beta_scale(recipe, epoch, epochs)
-            sums: dict[str, torch.Tensor] = {}
+            base: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen, earlier_seconds = 0, 0.0
             if epoch == start_epoch and partial and distributed.is_main():  # the sums of the steps before the kill
-                sums = {k: v.to(device) for k, v in partial["sums"].items()}
+                base = {k: v.to(device) for k, v in partial["sums"].items()}
                 correct, seen, earlier_seconds = partial["correct"].to(device), partial["seen"], partial["seconds"]
-            divergence = _Divergence(device)
+            running, divergence = _Running(base), _Divergence(device)
             t0 = time.perf_counter()
             if progress:
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch, first_step)
@@ -361,7 +442,7 @@ def fit(
                     t_logits, t_feats = None, []
                     if needs_teacher_forward:
                         with torch.no_grad():
-                            t_logits = teacher(x)
+                            t_logits = teacher_fwd(x)
                             t_feats = t_tap.take() if t_tap else []
                 terms = loss_fn(logits, y, t_logits, s_feats, t_feats, at_scale)
                 if extra:
@@ -376,11 +457,9 @@ def fit(
 
                 # bookkeeping stays on the device: no host sync per step
                 n = len(y)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v.detach() * n
+                divergence.see(step, *running.add(terms, n))
                 correct += (logits.detach().argmax(1) == y).sum()
                 seen += n
-                divergence.see(step, terms)
 
                 last = step + 1 == steps_per_epoch
                 checkpoint = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0 and not last
@@ -392,12 +471,11 @@ def fit(
                         raise divergence.error(epoch, bad, saved)
                     if progress:
                         rate = seen / (earlier_seconds + time.perf_counter() - t0)
-                        progress.update(step + 1, {k: (v / seen).item() for k, v in sums.items()},
-                                        100.0 * correct.item() / seen, rate)
+                        progress.update(step + 1, _means(running.sums(), seen), 100.0 * correct.item() / seen, rate)
                 if checkpoint or (stopping and not last):
                     if not _finite(model):
                         raise divergence.error(epoch, step, saved, weights=True)
-                    so_far = {"sums": sums, "correct": correct, "seen": seen,
+                    so_far = {"sums": running.sums(), "correct": correct, "seen": seen,
                               "seconds": earlier_seconds + time.perf_counter() - t0}
                     save_state(epoch, step + 1, so_far)
                 if stopping and not last:
@@ -409,11 +487,11 @@ def fit(
             epoch_seconds = earlier_seconds + time.perf_counter() - t0
             if not _finite(model):  # before validating, and before the end-of-epoch save
                 raise divergence.error(epoch, steps_per_epoch - 1, saved, weights=True)
-            sums, correct, seen = distributed.sum_over_ranks(sums, correct, seen)  # the global batches' numbers
+            sums, correct, seen = distributed.sum_over_ranks(running.sums(), correct, seen)  # the global batches'
             row = {
                 "epoch": epoch + 1,
                 "lr": opt.param_groups[0]["lr"],
-                "train_loss": {k: (v / max(seen, 1)).item() for k, v in sums.items()},
+                "train_loss": _means(sums, seen),
                 "train_accuracy": 100.0 * correct.item() / max(seen, 1),
                 "train_seconds": epoch_seconds,
                 "train_images": seen,

@@ -50,7 +50,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     """The real console script in a subprocess (what a user or CI pipeline runs)."""
     full_env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", **(env or {})}
     exe = Path(sys.executable).with_name("compress")
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
+    # the installed console script; where the package runs from the tree (PYTHONPATH, the GPU check), its module
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "compressor"]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, cwd=cwd or ROOT,
                           timeout=timeout, env=full_env)
 
 

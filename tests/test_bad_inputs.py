@@ -250,6 +250,15 @@ def verify_not_onnx(tmp, teacher, images):
     return ["verify", teacher, "--recipe", RECIPE], "teacher.pt: not an ONNX file"
 
 
+def cuda_without_onnxruntime_cuda(tmp, teacher, images):
+    """Refused before training: verification would need onnxruntime's CUDA provider (and --out is not made)."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    return distill(teacher, "--device", "cuda", out=tmp / "o"), "device: cuda: onnxruntime has no CUDAExecutionProvider"
+
+
 CATALOGUE = [malformed_yaml, unknown_key, unknown_section, wrong_type, section_not_a_mapping, out_of_range,
              infinite_value, bad_set_syntax, recipe_missing, data_root_missing, data_root_is_a_file,
              data_root_without_the_dataset, data_files_truncated, imagefolder_without_images,
@@ -257,7 +266,7 @@ CATALOGUE = [malformed_yaml, unknown_key, unknown_section, wrong_type, section_n
              teacher_not_a_checkpoint, teacher_holds_a_tensor, teacher_with_other_classes,
              teacher_with_other_channels, pairs_that_match_nothing, out_under_a_file, out_in_sysfs, out_is_a_file,
              out_holds_a_finished_run, out_holds_an_unfinished_run, train_out_not_writable, export_out_not_writable,
-             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx]
+             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda]
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=lambda f: f.__name__)
@@ -272,6 +281,8 @@ def test_bad_input_exits_2_with_one_line_per_problem(case, tmp_path, small_teach
     assert "Traceback" not in r.output
     assert_untouched(before)
     assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+    if case is cuda_without_onnxruntime_cuda:
+        assert not (tmp_path / "o").exists()
 
 
 # ---------------------------------------------------------------------------------------------- through the real script

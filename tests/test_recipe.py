@@ -25,6 +25,17 @@ def test_overrides_are_parsed_as_yaml():
     assert r.data.limit_train is None and r.distill.at.beta == 500.0
 
 
+def test_amp_off_reads_as_off_although_yaml_reads_it_as_false(tmp_path):
+    recipe = ROOT / "recipes/fashion_at.yaml"
+    assert load_recipe(recipe, ["train.amp=off"]).train.amp == "off"  # YAML 1.1: off -> False
+    assert load_recipe(recipe, ["train.amp=bf16"]).train.amp == "bf16"
+    written = tmp_path / "r.yaml"
+    written.write_text(recipe.read_text().replace("train:\n", "train:\n  amp: off\n", 1))
+    assert load_recipe(written).train.amp == "off"
+    with pytest.raises(UserError, match="train.amp"):
+        load_recipe(recipe, ["train.amp=fp8"])
+
+
 def test_every_problem_is_reported_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: fashion_mnist, limit_trian: 5}\ntrain: {epochs: -1, lr: abc}\ndistill: {at: {beta: -3}}\n")
