@@ -16,6 +16,8 @@ that each change can be switched on alone; distill_throughput.py measures fit() 
   fused-at        attention maps through compressor.fastpath.channel_energy
   fold+fused-at   both
   compile         torch.compile on the student and on the teacher (compile time reported apart)
+  fold+fused-at+compile, fold+fused-at+compile-teacher
+                  fit()'s step with train.compile (both compiled), or with only the teacher compiled
 
 Each round runs every variant once (order rotating); figures are medians over the rounds, by the process's CPU
 time (robust to other jobs when --threads 1) and by the wall clock, plus each variant's median per-round ratio to
@@ -42,7 +44,8 @@ from compressor.losses import kd_terms
 from compressor.models import create_model
 
 POINTS = ["group0", "group1", "group2"]  # WRN stage outputs: the attention pairs fit() gets for these models
-VARIANTS = ["base", "contiguous", "inference-mode", "fold", "fused-at", "fold+fused-at", "compile"]
+VARIANTS = ["base", "contiguous", "inference-mode", "fold", "fused-at", "fold+fused-at", "compile",
+            "fold+fused-at+compile", "fold+fused-at+compile-teacher"]
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as compressor.datasets.NORMALISATION
 
 
@@ -75,7 +78,9 @@ def make_step(variant: str, teacher: torch.nn.Module, images: list[torch.Tensor]
     t = t.to(memory_format=fmt).eval().requires_grad_(False)
     s_tap, t_tap = FeatureTap(student, POINTS), FeatureTap(t, POINTS)
     loss_fn = at_kd_loss(channel_energy if "fused-at" in variant else plain_energy)
-    s_run, t_run = (torch.compile(student), torch.compile(t)) if variant == "compile" else (student, t)
+    both = variant == "compile" or variant.endswith("+compile")
+    s_run = torch.compile(student) if both else student
+    t_run = torch.compile(t) if both or variant.endswith("compile-teacher") else t
     frozen = torch.inference_mode if variant == "inference-mode" else torch.no_grad
     g = torch.Generator().manual_seed(0)
     # Normalize's `.to(memory_format)` matters: augment_batch returns a channels_last-strided batch, and with one

@@ -204,6 +204,13 @@ class Recipe(Strict):
             raise ValueError("distill.at.beta_schedule: step needs distill.at.beta_milestones (or train.milestones)")
         return self
 
+    @model_validator(mode="after")
+    def _compile_has_no_double_backward(self):
+        if self.train.compile and "grad_at" in self.methods():
+            raise ValueError("train.compile: torch.compile cannot differentiate twice, which distill.grad_at needs; "
+                             "turn one of them off")
+        return self
+
 
 # ---------------------------------------------------------------------------------------------- loading
 

@@ -36,6 +36,13 @@ def test_amp_off_reads_as_off_although_yaml_reads_it_as_false(tmp_path):
         load_recipe(recipe, ["train.amp=fp8"])
 
 
+def test_compile_with_gradient_at_is_refused():
+    recipe = ROOT / "recipes/fashion_at.yaml"
+    assert load_recipe(recipe, ["train.compile=true"]).train.compile
+    with pytest.raises(UserError, match="train.compile: torch.compile cannot differentiate twice"):
+        load_recipe(recipe, ["train.compile=true", "distill.grad_at.enabled=true"])
+
+
 def test_every_problem_is_reported_at_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {name: fashion_mnist, limit_trian: 5}\ntrain: {epochs: -1, lr: abc}\ndistill: {at: {beta: -3}}\n")
