@@ -83,8 +83,8 @@ class TrainConfig(Strict):
     gamma: float = Field(0.2, gt=0, le=1)
     channels_last: bool = True
     compile: bool = Field(
-        False, description="torch.compile the student's and the teacher's forward: faster steps after a 20-30 s "
-        "compile (measured +13% on a 2-core CPU), worth it for runs longer than a few minutes"
+        False, description="torch.compile the student's and the teacher's forward: faster steps after a 10-60 s "
+        "compile (measured +11% on a 2-core CPU), worth it for runs longer than a few minutes; not with grad_at"
     )
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="mixed precision: auto = bf16 on CUDA when supported, off on CPU"

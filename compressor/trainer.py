@@ -276,8 +276,9 @@ def _finite(model: nn.Module) -> bool:
 def compiled(net: nn.Module, teacher: nn.Module | None, enabled: bool):
     """(student forward, teacher forward): through `torch.compile` when enabled, else the modules themselves.
 
-    Measured on the 2-core CPU: +13% on the distillation step after a 20-30 s compile, so worth it only for runs
-    of more than a few minutes; the default is off. Forward hooks (the attention points) keep firing.
+    Measured on the 2-core CPU at 2 threads: +11% on fit()'s distillation step (+26% on the bare step) after a
+    10-60 s compile, so worth it only for runs of more than a few minutes; the default is off. Forward hooks (the
+    attention points) keep firing. No gain on an H200 for this tiny model (launch-bound).
     """
     if not enabled:
         return net, teacher
@@ -332,8 +333,9 @@ def fit(
     fingerprint = _fingerprint(recipe, role, teacher)  # of the teacher as given, before folding
     if teacher is not None:
         # frozen in eval mode, its BN layers are fixed affine maps: folded into the convs they follow, one pass
-        # over each activation disappears (+5-9% on the CPU step, docs/BENCHMARKS.md); a copy, the caller's
-        # teacher is not changed; a conv whose own output is an attention point keeps its BN
+        # over each activation disappears (+1-3% on the CPU step at 2 threads, +5-9% at 1 thread on a loaded
+        # machine: docs/BENCHMARKS.md); on a copy, so the caller's teacher is not changed; a conv whose own
+        # output is an attention point keeps its BN
         teacher = fold_batchnorm(teacher, keep=[p[1] for p in pairs])
     use_taps = use_at or bool(extra and extra.uses_features)
     s_tap = FeatureTap(model, [p[2] for p in pairs]) if use_taps else None
@@ -487,7 +489,8 @@ def fit(
             epoch_seconds = earlier_seconds + time.perf_counter() - t0
             if not _finite(model):  # before validating, and before the end-of-epoch save
                 raise divergence.error(epoch, steps_per_epoch - 1, saved, weights=True)
-            sums, correct, seen = distributed.sum_over_ranks(running.sums(), correct, seen)  # the global batches'
+            # the global batches' numbers (summed over the processes of a multi-process run)
+            sums, correct, seen = distributed.sum_over_ranks(running.sums(), correct, seen)
             row = {
                 "epoch": epoch + 1,
                 "lr": opt.param_groups[0]["lr"],
