@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -282,6 +284,10 @@ def compiled(net: nn.Module, teacher: nn.Module | None, enabled: bool):
     """
     if not enabled:
         return net, teacher
+    compilers = [os.environ.get("CXX"), "g++", "c++", "clang++"]
+    if not any(shutil.which(c) for c in compilers if c):  # inductor builds its kernels with one, on CPU and GPU
+        raise UserError("train.compile: torch.compile needs a C++ compiler (g++, c++ or clang++, or $CXX) and none "
+                        "was found; install one or set train.compile: false")
     return torch.compile(net), (torch.compile(teacher) if teacher is not None else None)
 
 

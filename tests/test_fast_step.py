@@ -7,12 +7,15 @@ WRN-16-2 -> WRN-16-1 on Fashion-MNIST images, compared with the plain run term b
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from compressor import trainer
 from compressor.datasets import load_data
 from compressor.device import seed_everything
+from compressor.errors import UserError
 from compressor.features import pair_auto, probe_points
 from compressor.models import create_model
 from compressor.recipe import load_recipe
@@ -62,9 +65,10 @@ def test_folding_the_teacher_leaves_it_untouched_and_changes_no_loss_term(setup,
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in teacher.modules()) == 13
     assert all(p.requires_grad for p in teacher.parameters())
+    assert all(m.weight.is_contiguous() for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
 
-    calls = []
-    monkeypatch.setattr(trainer, "fold_batchnorm", lambda m, keep: calls.append(m) or m)  # the unfolded run
+    calls = []  # the unfolded run (fit then changes the teacher it is given: later tests fold it again)
+    monkeypatch.setattr(trainer, "fold_batchnorm", lambda m, keep: calls.append(m) or m)
     plain_history, _ = distil(setup, tmp_path / "plain")
     assert calls, "fit() no longer goes through fold_batchnorm"
     folded, plain = losses(folded_history), losses(plain_history)
@@ -84,7 +88,15 @@ def test_fit_folds_every_teacher_bn_that_follows_a_conv(setup, tmp_path, monkeyp
     assert bns == 13 - 7
 
 
+def test_compile_without_a_compiler_is_one_clear_error(setup, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no g++ / c++ / clang++ to be found
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(UserError, match="train.compile: torch.compile needs a C\\+\\+ compiler"):
+        distil(setup, tmp_path, compile=True)
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="needs a C++ compiler")
 def test_compiled_step_matches_the_eager_step(setup, tmp_path):
     eager_history, eager = distil(setup, tmp_path / "eager")
     compiled_history, compiled = distil(setup, tmp_path / "compiled", compile=True)
