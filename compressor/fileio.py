@@ -1,7 +1,8 @@
 """Atomic file writes: every artifact goes to a temporary name in its own directory, then is renamed.
 
 A reader (a CI pipeline, a person) therefore sees either the previous file or the complete new one,
-never a truncated file, however the process dies: a kill leaves at most a hidden `.NAME.*.tmp` beside it.
+never a truncated file, however the process dies: a kill leaves at most a hidden `.NAME.*.tmp` beside it,
+which the next run writing NAME there removes (`remove_stale_temporaries`).
 Every failure to write (no space, read-only, not a directory) becomes one `UserError` line naming the file.
 """
 
@@ -11,8 +12,9 @@ import contextlib
 import errno
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# atomic_path's temporaries: "." + the target's name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the hidden `.NAME.xxxxxxxx.tmp` files that a killed process left beside the files `names` in
+    `folder` (a kill between atomic_path's write and its rename). Called only by a run that owns the folder and
+    is about to write those files itself; nothing else in the folder is touched. Returns what was removed."""
+    names, removed = set(names), []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMPORARY.match(entry.name)
+        if m and m["name"] in names and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:  # not ours to remove after all (permissions): leave it
+                pass
+    return removed
 
 
 def _umask() -> int:

@@ -20,7 +20,7 @@ from .datasets import Batches, DataBundle, Normalize, load_data
 from .device import environment, resolve_device, seed_everything
 from .errors import GateFailure, UserError
 from .features import all_points, pair_auto, pair_explicit, probe_points
-from .fileio import write_json, write_text
+from .fileio import remove_stale_temporaries, write_json, write_text
 from .models import create_model
 from .progress import TrainProgress, console
 from .recipe import Recipe
@@ -30,6 +30,10 @@ from .trainer import evaluate, fit
 from .verify import count_flops, count_params, verify_student
 
 FINISHED_MARKER = "report.json"
+# what `compress distill` writes into --out (and figures/), whose leftover temporaries a new run may remove
+RUN_FILES = ("train_state.pt", "metrics.jsonl", "student.pt", "student.onnx", "teacher.onnx", "student.int8.onnx",
+             "report.json", "report.md")
+FIGURE_FILES = ("attention.png", "curves.png", "latency.png")
 
 
 @dataclass
@@ -67,6 +71,13 @@ def _prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
         raise UserError(f"--out: {out} is not writable ({e.strerror})") from None
 
 
+def _remove_leftovers(folder: Path, names) -> None:
+    removed = remove_stale_temporaries(folder, names)
+    if removed:
+        console.print(f"removed {len(removed)} temporary file(s) left in {folder} by an interrupted run: "
+                      + ", ".join(p.name for p in removed))
+
+
 def _start_metrics(paths: RunPaths, resume: bool) -> None:
     if not (resume and paths.state.exists()):
         write_text(paths.metrics, "")  # a fresh run starts a fresh log (atomically replaced, not deleted)
@@ -95,6 +106,7 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
         raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
     distributed.on_main(_prepare_out_dir, paths.out, resume=True, force=True)
+    distributed.on_main(_remove_leftovers, out.parent, (out.name, state_path.name, metrics_path.name))
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     model = create_model(recipe.teacher.arch, data.num_classes, data.input_shape[0])
@@ -165,6 +177,8 @@ def distill(
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
     parallel = distributed.describe(recipe.train)
     distributed.on_main(_prepare_out_dir, out, resume=resume, force=force)
+    distributed.on_main(_remove_leftovers, out, RUN_FILES)
+    distributed.on_main(_remove_leftovers, out / "figures", FIGURE_FILES)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher)

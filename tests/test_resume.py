@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from compressor.fileio import read_jsonl
+from compressor.fileio import read_jsonl, remove_stale_temporaries
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 
@@ -129,6 +129,11 @@ def test_distill_killed_in_epoch_2_resumes_to_the_same_student(small_teacher, tm
     r = cli(*args, "--out", killed)
     assert r.exit_code == 2 and "unfinished run; pass --resume" in r.output
 
+    # what a kill between a write and its rename leaves: the resumed run removes it (and nothing else)
+    leftover = killed / ".student.pt.k3x9q2ab.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    (killed / "notes.tmp").write_text("the user's own file\n")
+
     # --resume finishes it; every artifact seen while it writes is whole
     watch = ArtifactWatch(killed)
     proc = start_cli(*args, "--out", killed, "--resume")
@@ -139,6 +144,8 @@ def test_distill_killed_in_epoch_2_resumes_to_the_same_student(small_teacher, tm
     log = finish(proc)
     assert proc.returncode == 0, log[-3000:]
     assert "resuming from epoch 2 step" in log
+    assert "removed 1 temporary file(s)" in log and not leftover.exists()
+    assert (killed / "notes.tmp").read_text() == "the user's own file\n"
     watch()
     assert {"student.onnx", "report.json", "student.pt"} <= set(watch.seen)
     for name in ("student.pt", "student.onnx", "teacher.onnx", "report.json", "report.md", "metrics.jsonl"):
@@ -211,6 +218,14 @@ def test_a_write_killed_midway_leaves_the_old_file_whole(tmp_path):
     assert target.read_bytes() == b"the previous model"
     (leftover,) = tmp_path.glob(".student.onnx.*.tmp")  # the half-written bytes never had the real name
     assert leftover.stat().st_size == 1_000_000
+
+    # the next run that writes student.onnx there removes exactly that leftover
+    others = [tmp_path / ".report.json.abcd1234.tmp.keep", tmp_path / ".notes.abcd1234.tmp", tmp_path / "x.tmp"]
+    for other in others:
+        other.write_text("not a leftover of student.onnx")
+    assert remove_stale_temporaries(tmp_path, ["student.onnx", "report.json"]) == [leftover]
+    assert not leftover.exists() and all(other.exists() for other in others)
+    assert target.read_bytes() == b"the previous model"
 
 
 def test_divergence_names_the_step_and_terms_and_keeps_the_last_good_state(small_teacher, tmp_path, cli):
