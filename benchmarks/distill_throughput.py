@@ -20,7 +20,7 @@ rotates each round), after a one-step warm-up round; each figure is the median o
 hits all four alike. Progress goes to stderr; the last line of stdout is one JSON object. The load average is
 recorded at the start and the end: numbers taken with a load above the core count are not a machine's figures.
 `by_cpu_time` repeats the figures by this process's CPU time, which barely moves with other jobs' load when
---threads is 1 (and torchdistill has no DataLoader workers, whose time it would miss); `--compile` adds e, c with
+--threads is 1 (and torchdistill has no DataLoader workers, whose time it would miss); `--compile` adds e: c with
 `train.compile: true` (torch.compile; it compiles in the warm-up round, timed apart), interleaved with the rest.
 fit() folds the frozen teacher's BN into its convs itself, so c includes that (a and b are plain eager PyTorch).
 
@@ -141,7 +141,6 @@ class Bench:
         self.teacher_b = copy.deepcopy(teacher).to(self.device, memory_format=self.memory_format).eval()
         self.teacher_c = copy.deepcopy(teacher)
         self.recipe_e = recipe.model_copy(update={"train": recipe.train.model_copy(update={"compile": True})})
-        self.compile_seconds: float | None = None
         self.teacher_d = copy.deepcopy(teacher).to(self.device)
         self.student_a = create_model(STUDENT, self.data.num_classes, shape[0]).to(
             self.device, memory_format=self.memory_format).train()
