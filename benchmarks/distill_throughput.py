@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 import torchdistill_run as td
 from compressor.datasets import Batches, Normalize, Split, load_data
-from compressor.device import amp_dtype, autocast, environment
+from compressor.device import amp_dtype, autocast, environment, memory_format
 from compressor.errors import CompressorError
 from compressor.features import pair_auto, probe_points
 from compressor.models import create_model
@@ -119,7 +119,7 @@ class Bench:
         self.recipe = recipe = load_recipe(RECIPE, overrides)
         self.batch = recipe.train.batch_size
         self.data = load_data(recipe.data.model_copy(update={"limit_train": args.steps * self.batch}), recipe.seed)
-        self.memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+        self.memory_format = memory_format(recipe.train.channels_last)
         self.dtype = amp_dtype(recipe.train.amp, self.device)
         normalize = Normalize(self.data.mean, self.data.std, self.device, self.memory_format)
         train = self.data.train.to(self.device)

@@ -72,11 +72,11 @@ def _check_reusable(run_dir: Path, recipe: Recipe) -> None:
                         "use another --out for the new settings")
 
 
-def run_one(teacher: Path, recipe: Recipe, run_dir: Path, *, trust_teacher: bool) -> dict:
-    """One sub-run: reuse it, resume it, or start it. Returns a row of the ablation."""
+def run_one(teacher: Path, recipe: Recipe, run_dir: Path, *, trust_teacher: bool) -> tuple[dict, dict]:
+    """One sub-run: reuse it (the caller has checked it against the recipe), resume it, or start it.
+    Returns (the ablation's row, the run's report)."""
     row = {"dir": str(run_dir), "seed": recipe.seed, "reused": False, "failed_gates": []}
     if (run_dir / FINISHED_MARKER).exists():
-        _check_reusable(run_dir, recipe)
         row["reused"] = True
     else:
         try:
@@ -95,7 +95,7 @@ def run_one(teacher: Path, recipe: Recipe, run_dir: Path, *, trust_teacher: bool
         teacher={"arch": t["arch"], "params": t["params"],
                  "error": 100.0 - (t["onnx_accuracy"] if t.get("onnx_accuracy") is not None else t["accuracy"])},
     )
-    return row
+    return row, report
 
 
 def summarise(method: Method, rows: list[dict]) -> dict:
@@ -181,8 +181,8 @@ def run_ablation(
         rows = []
         for j, (recipe, run_dir) in enumerate(runs):
             console.print(f"[bold]ablation {i * seeds + j + 1}/{total}: {method.label}, seed {recipe.seed}[/]")
-            rows.append(run_one(teacher, recipe, run_dir, trust_teacher=trust_teacher))
-            report = json.loads((run_dir / FINISHED_MARKER).read_text(encoding="utf-8"))
+            row, report = run_one(teacher, recipe, run_dir, trust_teacher=trust_teacher)
+            rows.append(row)
             result.update(teacher=rows[-1]["teacher"], train_images=report["data"]["train"],
                           test_images=report["data"]["test"])
             result["methods"][i] = summarise(method, rows)

@@ -20,6 +20,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format of `train.channels_last`, for the models and the batches alike."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """auto = bf16 on a CUDA device that supports it, fp16 on one that does not, nothing on the CPU.
 

@@ -76,7 +76,7 @@ def setup(device: torch.device, recipe) -> torch.device:
     per_rank_batch(train_cfg.batch_size, world)
     # terms with trainable parts outside the student (F-ActT adapters) or double backward (gradient AT) have
     # not been made data-parallel: their gradients would not be averaged over the ranks
-    unsupported = [k for k in ("grad_at", "feature") if getattr(getattr(recipe.distill, k, None), "enabled", False)]
+    unsupported = [k for k in ("grad_at", "feature") if k in recipe.methods()]
     if unsupported and world > 1:
         raise UserError(*(f"distill.{k}: not supported with several processes yet; run it in one" for k in unsupported))
     if device.type == "cuda":
@@ -199,9 +199,13 @@ def agree(bad_step: torch.Tensor, stopping: bool) -> tuple[int, bool]:
     the same branch, so none is left waiting in a collective. Called where the loop syncs with the host anyway."""
     if not active():
         return int(bad_step.item()), stopping
-    flags = torch.stack([bad_step.long(), torch.tensor(int(stopping), device=bad_step.device)])
+    # one MAX all_reduce for both: a bad step s is sent as LATE - s, so the largest is the earliest step
+    late = 1 << 62
+    first = torch.where(bad_step >= 0, late - bad_step.long(), torch.zeros_like(bad_step, dtype=torch.long))
+    flags = torch.stack([first, torch.tensor(int(stopping), device=bad_step.device)])
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return int(flags[0].item()), bool(flags[1].item())
+    value = int(flags[0].item())
+    return (late - value if value else -1), bool(flags[1].item())
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

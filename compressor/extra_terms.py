@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import distributed
-from .errors import UserError
 from .feature_transfer import FeatureAdapters
 from .grad_at import grad_at_terms
 from .recipe import Recipe
@@ -62,8 +60,6 @@ class ExtraTerms:
         feature_beta = f.beta if teacher is not None and f.enabled and pairs else 0.0
         if not grad_beta and not feature_beta:
             return None
-        if distributed.world_size() > 1:  # DDP would neither sync the adapters nor take the double backward
-            raise UserError("distill.grad_at / distill.feature: not supported in multi-process (torchrun) runs yet")
         adapters = FeatureAdapters.for_pairs(student, teacher, pairs, input_shape).to(device) if feature_beta else None
         return cls([p[0] for p in pairs], grad_beta, g.flip, feature_beta, adapters)
 
@@ -96,17 +92,20 @@ class ExtraTerms:
         logits: torch.Tensor,
         student_features: Sequence[torch.Tensor],
         teacher_features: Sequence[torch.Tensor],
+        teacher_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """`terms` (from DistillLoss) plus this step's extra terms, with `total` recomputed and kept last.
 
-        The extra teacher forward (and the student's on flip(x)) also fire the trainer's feature hooks; their
-        outputs are overwritten by the next step's forward before anyone reads them.
+        teacher_logits: the step's teacher forward on `x` with its graph (grad AT takes J_T from it); None runs
+        the teacher again. An extra forward (the student's on flip(x), or that teacher's) also fires the trainer's
+        feature hooks; their outputs are overwritten by the next step's forward before anyone reads them.
         """
         extra: dict[str, torch.Tensor] = {}
         if self.adapters is not None:
             extra.update(self.adapters.terms(self.pair_names, student_features, teacher_features, self.feature_beta))
         if self.grad_beta:
-            extra.update(grad_at_terms(student, teacher, x, labels, logits, beta=self.grad_beta, flip=self.grad_flip))
+            extra.update(grad_at_terms(student, teacher, x, labels, logits, beta=self.grad_beta, flip=self.grad_flip,
+                                       teacher_logits=teacher_logits))
         out = {k: v for k, v in terms.items() if k != "total"}
         out.update(extra)
         out["total"] = sum(out.values())

@@ -70,14 +70,21 @@ def grad_at_terms(
     *,
     beta: float,
     flip: bool = False,
+    teacher_logits: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """{"grad_at": ..., ["grad_at.flip": ...]} for one batch, both already multiplied by beta.
 
     `student_logits` is the training step's own student forward on `x` (which required grad), so J_S costs one
-    double-backprop pass and no extra forward; the flip term needs one more student forward on flip(x).
+    double-backprop pass and no extra forward; likewise `teacher_logits`, the step's teacher forward on the same
+    `x` with grad enabled, gives J_T without a second teacher forward (None: the teacher runs here). The flip term
+    needs one more student forward on flip(x).
     """
     j_s = input_gradient(student_logits, labels, x, create_graph=True)
-    terms = {"grad_at": beta * gradient_distance(j_s, teacher_input_gradient(teacher, x, labels))}
+    if teacher_logits is None:
+        j_t = teacher_input_gradient(teacher, x, labels)
+    else:  # a constant target: no graph kept
+        j_t = input_gradient(teacher_logits, labels, x, create_graph=False)
+    terms = {"grad_at": beta * gradient_distance(j_s, j_t)}
     if flip:
         x_f = hflip(x.detach()).requires_grad_(True)
         j_f = input_gradient(student(x_f), labels, x_f, create_graph=True)

@@ -135,8 +135,8 @@ def _ancestors(path: str) -> list[str]:
     return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
-def install_taps(gm: fx.GraphModule, scope: dict[fx.Node, str], *, tensor_only: bool) -> list[str]:
-    """Insert a `Tap` call after each module's output node; returns the tapped module paths.
+def install_taps(gm: fx.GraphModule, scope: dict[fx.Node, str], *, tensor_only: bool) -> None:
+    """Insert a `Tap` call after each module's output node.
 
     scope: the innermost module path of each op node. A module's output is its last node (in graph order)
     whose value is used outside the module or returned; its inputs are the nodes outside it used inside it.
@@ -177,7 +177,6 @@ def install_taps(gm: fx.GraphModule, scope: dict[fx.Node, str], *, tensor_only: 
         node.replace_all_uses_with(last, delete_user_cb=lambda user, chain=chain: user not in chain)
     graph.lint()
     gm.recompile()
-    return sorted(outputs)
 
 
 def _put_tap(gm: fx.GraphModule, path: str) -> None:

@@ -125,12 +125,13 @@ class Session:
 
 
 def require_provider(device: str) -> None:
-    """Refuse `device: cuda` up front when onnxruntime has no CUDA provider: the run would train for nothing and
-    then fail at verification, which opens its sessions with the recipe's device."""
+    """Refuse `device: cuda` when onnxruntime has no CUDA provider. `compress distill` calls it before any work
+    (else it would train, then fail at verification, which opens its sessions on the recipe's device);
+    create_session calls it for every session."""
     if device == "cuda" and CUDA not in ort.get_available_providers():
-        raise UserError("device: cuda: onnxruntime has no CUDAExecutionProvider, so the exported models could not "
-                        "be verified on the GPU; install onnxruntime-gpu in place of onnxruntime, or use --device "
-                        "auto (trains on the GPU, verifies with onnxruntime on the CPU)")
+        raise UserError("device: cuda: onnxruntime has no CUDAExecutionProvider, so models cannot run on the GPU "
+                        "under onnxruntime; install onnxruntime-gpu in place of onnxruntime, or use --device auto "
+                        "(torch still trains on the GPU; onnxruntime runs on the CPU)")
 
 
 def create_session(
@@ -149,10 +150,8 @@ def create_session(
         raise UserError(f"device: must be auto, cpu or cuda (got {device!r})")
     if optimization not in OPTIMIZATION_LEVELS:
         raise UserError(f"optimization: must be one of {', '.join(OPTIMIZATION_LEVELS)} (got {optimization!r})")
+    require_provider(device)
     has_cuda = CUDA in ort.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise UserError("device: cuda was asked for but onnxruntime has no CUDAExecutionProvider "
-                        "(install onnxruntime-gpu instead of onnxruntime)")
     check_onnx_file(path)
 
     options = ort.SessionOptions()

@@ -55,7 +55,8 @@ def file_format(path: Path) -> str:
         raise UserError(f"{path}: is a directory, not a model file")
     if zipfile.is_zipfile(path):
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
         except (zipfile.BadZipFile, OSError) as e:
             raise UserError(f"{path}: not a readable archive ({e})") from None
         if any(n.endswith("/archive_format") for n in names):
@@ -305,7 +306,5 @@ def check_fits_data(teacher: Teacher, data: DataBundle, path: Path) -> None:
             problems.append(f"{path}: the teacher outputs {shape}, expected (N, {data.num_classes}) class scores")
         elif out.shape[1] != data.num_classes:
             problems.append(f"{path}: the teacher has {out.shape[1]} classes, the data has {data.num_classes}")
-        else:
-            teacher.num_classes = out.shape[1]
     if problems:
         raise UserError(*problems)

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from . import checkpoint as ckpt_io
 from . import distributed
 from .datasets import Batches, DataBundle, Normalize
-from .device import amp_dtype, autocast
+from .device import amp_dtype, autocast, memory_format
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CompressorError, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
 from .fastpath import fold_batchnorm
@@ -196,8 +196,8 @@ def _digest(model: nn.Module) -> str:
 
 
 class _Running:
-    """An epoch's loss terms summed over its images, kept on the device as one stacked tensor: one kernel per
-    step for all terms (on a GPU, where this model's steps are bound by kernel launches, two per term added up).
+    """An epoch's loss terms summed over its images, kept on the device as one stacked tensor: a stack and an add
+    per step for all terms, where summing term by term took two small kernels per term.
     `base`: the sums of an interrupted epoch's earlier steps, restored by --resume; the running sum starts from
     them, so a resumed epoch adds exactly what the uninterrupted one did."""
 
@@ -314,8 +314,8 @@ def fit(
     cfg = recipe.train
     epochs = epochs or cfg.epochs
     dtype = amp_dtype(cfg.amp, device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    normalize = Normalize(data.mean, data.std, device, memory_format)
+    fmt = memory_format(cfg.channels_last)
+    normalize = Normalize(data.mean, data.std, device, fmt)
     train = Batches(
         data.train.to(device), cfg.batch_size, normalize, train=True, pad=recipe.data.pad, flip=recipe.data.flip,
         seed=recipe.seed, drop_last=len(data.train) >= cfg.batch_size,
@@ -323,7 +323,7 @@ def fit(
     )
     val = Batches(data.val.to(device), 512, normalize) if data.val is not None and len(data.val) else None
 
-    model.to(device=device, memory_format=memory_format).train()
+    model.to(device=device, memory_format=fmt).train()
     net = distributed.wrap(model, device, cfg.sync_bn)  # DDP around `model` in a multi-process run, else `model`
     extra = ExtraTerms.build(recipe, model, teacher, pairs, data.input_shape, device)  # grad AT, F-ActT; None: off
     opt, sched = build_optimizer(extra.with_adapters(model) if extra else model, cfg, epochs, len(train))
@@ -347,10 +347,11 @@ def fit(
     s_tap = FeatureTap(model, [p[2] for p in pairs]) if use_taps else None
     t_tap = FeatureTap(teacher, [p[1] for p in pairs]) if use_taps else None
     if teacher is not None:
-        teacher.to(device=device, memory_format=memory_format).eval()
+        teacher.to(device=device, memory_format=fmt).eval()
         for p_ in teacher.parameters():
             p_.requires_grad_(False)
-    needs_teacher_forward = teacher is not None and (use_taps or loss_fn.kd)
+    teacher_grad = bool(extra and extra.needs_input_grad)  # grad AT: J_T = dCE/dx through this step's teacher forward
+    needs_teacher_forward = teacher is not None and (use_taps or loss_fn.kd or teacher_grad)
     # train.compile: the student's and the teacher's forwards through torch.compile (hooks still fire);
     # evaluation and export keep the plain modules
     net, teacher_fwd = compiled(net, teacher, cfg.compile)
@@ -447,15 +448,18 @@ def fit(
                 with autocast(device, dtype):
                     logits = net(x)
                     s_feats = s_tap.take() if s_tap else []
-                    t_logits, t_feats = None, []
+                    t_logits, t_feats, t_graph = None, [], None
                     if needs_teacher_forward:
-                        with torch.no_grad():
+                        with torch.set_grad_enabled(teacher_grad):  # no graph, unless grad AT needs dJ_T/dx
                             t_logits = teacher_fwd(x)
                             t_feats = t_tap.take() if t_tap else []
+                        if teacher_grad:  # the graph serves J_T only; KD and AT take the outputs as targets
+                            t_graph, t_logits, t_feats = t_logits, t_logits.detach(), [f.detach() for f in t_feats]
                 terms = loss_fn(logits, y, t_logits, s_feats, t_feats, at_scale)
                 if extra:
                     with autocast(device, dtype):
-                        terms = extra(terms, model, teacher, x, y, logits, s_feats, t_feats)
+                        terms = extra(terms, model, teacher, x, y, logits, s_feats, t_feats, t_graph)
+                del t_graph
                 del s_feats, t_feats  # the stage outputs are large; free them before backward allocates
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(terms["total"]).backward()

@@ -136,6 +136,23 @@ def test_grad_at_trains_every_architecture_family(student_arch, teacher_arch):
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in convs)
 
 
+def test_teacher_gradient_from_the_steps_own_forward_equals_a_separate_one():
+    """The trainer hands grad AT the step's teacher forward (grad enabled on x) instead of a second forward."""
+    torch.manual_seed(0)
+    student = create_model("wrn-10-1", 10, 1).train()
+    teacher = create_model("wrn-10-2", 10, 1).train()
+    with torch.no_grad():
+        teacher(torch.randn(16, 1, 16, 16) * 2 + 0.5)  # non-trivial BN statistics
+    teacher.eval().requires_grad_(False)
+    x = torch.randn(4, 1, 16, 16).requires_grad_(True)
+    y = torch.tensor([0, 3, 5, 9])
+    logits = student(x)
+    separate = grad_at_terms(student, teacher, x, y, logits, beta=10.0)["grad_at"]
+    shared = grad_at_terms(student, teacher, x, y, logits, beta=10.0, teacher_logits=teacher(x))["grad_at"]
+    assert separate.item() > 0
+    torch.testing.assert_close(shared, separate, rtol=1e-5, atol=1e-7)
+
+
 def test_beta_schedules():
     assert [beta_scale("constant", e, 10) for e in (0, 5, 9)] == [1.0, 1.0, 1.0]
     assert [beta_scale("step", e, 10, [2, 4], 0.1) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])

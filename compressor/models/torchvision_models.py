@@ -19,15 +19,12 @@ NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v
 
 def adapt_input_channels(model: nn.Module, in_channels: int) -> nn.Module:
     """Replace the first Conv2d (in registration order, the stem for these models) by one taking `in_channels`."""
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                if child.in_channels != in_channels:
-                    setattr(parent, name, nn.Conv2d(  # a stem is a dense convolution (groups=1)
-                        in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                        child.dilation, bias=child.bias is not None, padding_mode=child.padding_mode,
-                    ))
-                return model
+    name, conv = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), (None, None))
+    if conv is not None and conv.in_channels != in_channels:
+        model.set_submodule(name, nn.Conv2d(  # a stem is a dense convolution (groups=1)
+            in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+            conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        ))
     return model
 
 
