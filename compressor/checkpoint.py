@@ -93,6 +93,18 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> nn.Module:
+    """The checkpoint's architecture with its weights; a pruned student (`pruned`: its channel plan) is the
+    architecture shrunk to that plan first, then loaded strictly, so every tensor's shape is checked."""
+    if ckpt.get("pruned") is not None:
+        from .students import model_from_plan
+
+        try:
+            model = model_from_plan(ckpt["arch"], ckpt["pruned"], ckpt["state_dict"], ckpt["num_classes"],
+                                    ckpt["input_shape"][0])
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"{path}: weights do not fit {ckpt['arch']} pruned to its channel plan "
+                            f"({str(e).splitlines()[0]})") from None
+        return model.eval()
     model = create_model(ckpt["arch"], ckpt["num_classes"], ckpt["input_shape"][0])
     try:
         model.load_state_dict(ckpt["state_dict"])

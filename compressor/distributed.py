@@ -191,7 +191,7 @@ def sum_over_ranks(sums: dict[str, torch.Tensor], correct: torch.Tensor, seen: i
     flat = torch.stack([*(sums[k].double() for k in keys), correct.double(),
                         torch.tensor(float(seen), dtype=torch.float64, device=correct.device)])
     dist.all_reduce(flat)
-    return {k: flat[i].float() for i, k in enumerate(keys)}, flat[-2].long(), int(flat[-1].item())
+    return {k: flat[i].to(sums[k].dtype) for i, k in enumerate(keys)}, flat[-2].long(), int(flat[-1].item())
 
 
 def agree(bad_step: torch.Tensor, stopping: bool) -> tuple[int, bool]:

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from .features import probe_points
-from .losses import _match_size
+from .losses import _match_size, full
 
 
 def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
     """Mean squared difference of the adapted student map and the teacher map (a scalar)."""
     s, t = _match_size(student_features, teacher_features)  # pooling first: a 1x1 conv commutes with it, and is cheaper
-    return (adapter(s).float() - t.float()).pow(2).mean()
+    return (full(adapter(s)) - full(t)).pow(2).mean()
 
 
 class FeatureAdapters(nn.Module):

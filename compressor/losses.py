@@ -18,6 +18,11 @@ from torch.nn import functional as F
 from .fastpath import channel_energy
 
 
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A bf16/fp16 tensor (from an autocast region) in float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def attention_map(features: torch.Tensor, p: float = 2, mapping: str = "mean") -> torch.Tensor:
     """Spatial attention map: (N, C, H, W) -> (N, H*W), L2-normalised per image.
 
@@ -25,7 +30,7 @@ def attention_map(features: torch.Tensor, p: float = 2, mapping: str = "mean") -
     removes); `"max"` takes the channel maximum of |A|^p (the paper's F_max^p). Computed in float32 so a bf16
     autocast region does not coarsen the map.
     """
-    a = features.float()
+    a = full(features)
     if p == 2 and mapping == "mean":  # the paper's setting: mean_c A² in one reduction, same values and grads
         q = channel_energy(a)
     else:
@@ -63,10 +68,10 @@ def kd_terms(
 ) -> dict[str, torch.Tensor]:
     """Hinton KD split into its two weighted parts: {"kd": alpha·T²·KL, "ce": (1 − alpha)·CE}."""
     t = temperature
-    log_p = F.log_softmax(student_logits.float() / t, dim=1)
-    q = F.softmax(teacher_logits.float() / t, dim=1)
+    log_p = F.log_softmax(full(student_logits) / t, dim=1)
+    q = F.softmax(full(teacher_logits) / t, dim=1)
     kl = F.kl_div(log_p, q, reduction="batchmean") * (t * t)  # T² keeps gradient magnitudes T-independent
-    ce = F.cross_entropy(student_logits.float(), labels)
+    ce = F.cross_entropy(full(student_logits), labels)
     return {"kd": kl * alpha, "ce": ce * (1.0 - alpha)}
 
 
@@ -116,7 +121,7 @@ class DistillLoss:
         if self.kd and teacher_logits is not None:
             terms = kd_terms(student_logits, teacher_logits, labels, self.temperature, self.alpha)
         else:
-            terms = {"ce": F.cross_entropy(student_logits.float(), labels)}
+            terms = {"ce": F.cross_entropy(full(student_logits), labels)}
         for name, s, t in zip(self.pair_names, student_features, teacher_features):
             terms[f"at.{name}"] = at_loss(s, t, self.p, self.mapping) * (self.beta * beta_scale)
         terms["total"] = sum(terms.values())

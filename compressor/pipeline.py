@@ -27,6 +27,7 @@ from .recipe import Recipe
 from .runtime import require_provider
 from .teachers import Teacher, load_teacher, open_model
 from .trainer import evaluate, fit
+from .students import build_student, saved_entry
 from .verify import count_flops, count_params, verify_student
 
 FINISHED_MARKER = "report.json"
@@ -127,19 +128,13 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
     return {"path": str(out), "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch}
 
 
-def choose_student(recipe: Recipe, teacher: Teacher, data: DataBundle) -> tuple[str, dict]:
-    """The student's architecture, named in the recipe or sized from the teacher's family; the choice and the
-    reason are printed and go into report.json (`student.sizing`)."""
-    from .sizing import choose_student_size
-
-    if recipe.student.arch:  # its params and flops are the report's student.params / student.flops
-        return recipe.student.arch, {"how": "named", "arch": recipe.student.arch, "reason": "named in the recipe"}
-    arch, sizing = choose_student_size(
-        teacher.arch, count_params(teacher.model), recipe.student.size, num_classes=data.num_classes,
-        input_shape=data.input_shape,
-    )
-    console.print(f"student size {sizing['target']}: {sizing['reason']}; {sizing['flops'] / 1e6:.2f}M FLOPs / image")
-    return arch, sizing
+def _saved_student(paths: RunPaths, resume: bool) -> dict | None:
+    """--resume of a run whose student was grown from the teacher: the saved channel plan rebuilds it."""
+    if not (resume and paths.state.exists()):
+        return None
+    state = ckpt_io.load_trusted_dict(paths.state)
+    entry = state.get("student") if isinstance(state, dict) else None
+    return entry if isinstance(entry, dict) else None
 
 
 def _pairs(recipe: Recipe, teacher: nn.Module, student: nn.Module, input_shape) -> list[tuple]:
@@ -172,8 +167,8 @@ def distill(
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher)
-    student_arch, sizing = choose_student(recipe, teacher, data)
-    student = create_model(student_arch, data.num_classes, data.input_shape[0])
+    grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
+    student, student_arch, sizing = grown.model, grown.arch, grown.sizing
     at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
     uses_pairs = at_on or (recipe.distill.feature.enabled and recipe.distill.feature.beta > 0)  # AT and F-ActT
     point_pairs = _pairs(recipe, teacher.model, student, data.input_shape) if uses_pairs else []
@@ -190,6 +185,7 @@ def distill(
         student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
         teacher=teacher.model, pairs=pairs, resume=resume,
         progress=TrainProgress("distill") if distributed.is_main() else None,
+        checkpoint_extra=lambda: {"student": saved_entry(grown)},
     )
     if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
         return {}
@@ -198,8 +194,8 @@ def distill(
     t_test = evaluate(teacher_model, test_batches, dev)
     s_test = evaluate(result.model, test_batches, dev)
     ck = ckpt_io.model_checkpoint(
-        result.model, arch=student_arch, classes=data.classes, input_shape=data.input_shape, mean=data.mean,
-        std=data.std, dataset=data.name, kind="student",
+        result.model, **grown.checkpoint_fields(), classes=data.classes, input_shape=data.input_shape,
+        mean=data.mean, std=data.std, dataset=data.name, kind="student",
         metrics={"test_accuracy": s_test["accuracy"], "best_epoch": result.best_epoch,
                  "val_accuracy": result.best_val_accuracy, "epochs": recipe.train.epochs},
         teacher={"path": str(teacher_path), "arch": teacher.arch, "test_accuracy": t_test["accuracy"]},
@@ -285,7 +281,8 @@ def export_checkpoint(
                                   shape=parse_shape(input_shape))
     model, ck = ckpt_io.load_model(path)
     shape = tuple(ck["input_shape"])
-    meta = {"compressor.arch": ck["arch"], "compressor.classes": json.dumps(ck["classes"]),
+    arch_name = f"{ck['arch']}-pruned" if ck.get("pruned") is not None else ck["arch"]  # as distill names it
+    meta = {"compressor.arch": arch_name, "compressor.classes": json.dumps(ck["classes"]),
             "compressor.mean": json.dumps(ck["mean"]), "compressor.std": json.dumps(ck["std"]),
             "compressor.input_shape": json.dumps(ck["input_shape"]), "compressor.kind": ck.get("kind", "model")}
     info = export_onnx(model, out, input_shape=shape, opset=opset, metadata=meta)

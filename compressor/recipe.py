@@ -62,12 +62,33 @@ class StudentConfig(Strict):
             raise ValueError(f"{v!r} is neither a fraction (0.25) nor a parameter count (200k, 1.5M)")
         return v.strip()
 
+    init: Literal["auto", "scratch", "teacher"] = Field(
+        "auto", description="teacher: the teacher with channels pruned to student.size (kept names, one-to-one "
+        "attention pairs); scratch: a fresh network of the teacher's family; auto: teacher when the student is "
+        "sized and the teacher can be pruned, else scratch (measured: a grown student is ~10 points ahead at a CI "
+        "budget, docs/RESULTS.md)"
+    )
+    criterion: Literal["taylor", "magnitude"] = Field(
+        "taylor", description="init teacher: which channels go (first-order Taylor from a few batches, or weight norm)"
+    )
+    keep_stem: bool = Field(True, description="init teacher: leave the first convolution's channels unpruned")
+    round_to: PositiveInt | None = Field(
+        None, description="init teacher: keep channel counts multiples of this (e.g. 8, vector-width friendly); at "
+        "WRN-16-2 -> 25% it costs capacity (8/24/56 channels, 17% of the parameters, instead of 15/31/63, 24%)"
+    )
+    calibration_images: PositiveInt = Field(
+        2048, description="init teacher: training images for the Taylor scores and the BatchNorm recalibration"
+    )
+
     @model_validator(mode="after")
     def _one_of(self):
         if self.arch and self.size is not None:
             raise ValueError("set either student.arch or student.size, not both")
         if not self.arch and self.size is None:
             raise ValueError("set student.arch (e.g. wrn-16-1) or student.size (e.g. 0.25)")
+        if self.arch and self.init == "teacher":
+            raise ValueError("student.init: teacher prunes the teacher down to student.size; give student.size "
+                             "instead of student.arch (or student.init: scratch)")
         return self
 
 

@@ -35,7 +35,7 @@ from .extra_terms import ExtraTerms, at_beta_scale
 from .fastpath import fold_batchnorm
 from .features import FeatureTap
 from .fileio import append_jsonl, write_jsonl
-from .losses import DistillLoss
+from .losses import DistillLoss, full
 from .progress import TrainProgress, console
 from .recipe import Recipe
 
@@ -208,7 +208,7 @@ class _Running:
 
     def add(self, terms: dict[str, torch.Tensor], n: int) -> tuple[list[str], torch.Tensor]:
         """Adds n × each term; returns (names, the step's values stacked)."""
-        values = torch.stack([terms[k].detach().float() for k in (self.names or terms)])
+        values = torch.stack([full(terms[k].detach()) for k in (self.names or terms)])
         if self.names is None:
             self.names = list(terms)  # the same keys, in the same order, every step
             start = [torch.as_tensor(self.base.get(k, 0.0), dtype=values.dtype, device=values.device)
@@ -265,7 +265,7 @@ def _means(sums: dict[str, torch.Tensor], seen: int) -> dict[str, float]:
     """Each term's mean over the images seen, read with one host sync."""
     if not sums:
         return {}
-    values = (torch.stack([torch.as_tensor(v).float() for v in sums.values()]) / max(seen, 1)).tolist()
+    values = (torch.stack([full(torch.as_tensor(v)) for v in sums.values()]) / max(seen, 1)).tolist()
     return dict(zip(sums, values))
 
 
