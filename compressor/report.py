@@ -39,6 +39,9 @@ def summary_rows(report: dict) -> dict[str, list[list[str]]]:
         ["accuracy (PyTorch)", _pct(t["accuracy"]), _pct(s["accuracy"])],
         ["accuracy (onnxruntime)", _pct(t.get("onnx_accuracy")), _pct(s.get("onnx_accuracy"))],
     ]
+    grown = s.get("sizing", {}).get("accuracy_after_pruning")
+    if grown is not None:  # the student grown from the teacher: where distillation started from
+        models.insert(4, ["accuracy right after pruning (PyTorch)", "", _pct(grown)])
     lat = report.get("latency", {})
     latency = [["batch", "teacher p50 ms", "student p50 ms", "student p90 ms", "student p99 ms", "student img/s", "speedup"]]
     for b, row in lat.get("student", {}).items():
@@ -48,6 +51,17 @@ def summary_rows(report: dict) -> dict[str, list[list[str]]]:
     gates = [["gate", "limit", "value", "result"]]
     gates += [[g["name"], _val(g["limit"]), _val(g["value"]), "pass" if g["passed"] else "FAIL"] for g in report.get("gates", [])]
     return {"models": models, "latency": latency, "gates": gates}
+
+
+def _student_line(sizing: dict) -> list[str]:
+    """How the student came about: grown from the teacher (pruned) or sized / named from scratch."""
+    if sizing.get("how") == "pruned":
+        return [f"- student grown from the teacher: {sizing['reason']}; test accuracy right after pruning and "
+                f"BatchNorm recalibration {sizing['accuracy_after_pruning']:.2f}%, after distillation see above"]
+    if sizing.get("reason"):
+        return [f"- student ({sizing.get('init', 'scratch')}): {sizing['reason']}"
+                + (f"; not grown from the teacher because {sizing['why_scratch']}" if sizing.get("why_scratch") else "")]
+    return []
 
 
 def _parallel(p: dict | None) -> str:
@@ -92,6 +106,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Distillation",
         "",
+        *_student_line(report["student"].get("sizing", {})),
         f"- attention pairs: {pairs}",
         f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}"
         + _parallel(report.get("distributed")),

@@ -82,7 +82,7 @@ def test_quarter_of_a_torchvision_resnet34_state_dict(tmp_path):
     torch.save(teacher.state_dict(), tmp_path / "resnet34.pt")
     out = tmp_path / "run"
     r = run_cli("distill", tmp_path / "resnet34.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
-                *sets(*FAST, "teacher.arch=resnet34"))
+                *sets(*FAST, "teacher.arch=resnet34", "student.init=scratch"))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     check_report(report, "resnet")

@@ -42,9 +42,10 @@ def real_images(n=64) -> torch.Tensor:
     return Normalize(data.mean, data.std, torch.device("cpu"))(data.test.images)
 
 
-def assert_same_function(onnx_path, model: nn.Module, atol=1e-4):
-    """The teacher.onnx compressor exported from the loaded teacher computes what the user's model does."""
-    x = real_images()
+def assert_same_function(onnx_path, model: nn.Module, atol=1e-4, shape=None):
+    """The teacher.onnx compressor exported from the loaded teacher computes what the user's model does
+    (on real Fashion-MNIST images, or seeded random inputs of another `shape`)."""
+    x = real_images() if shape is None else torch.randn(16, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model.eval()(x).numpy()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -119,6 +120,9 @@ def test_exported_program_teacher_sized_to_a_quarter(teacher_ckpt, tmp_path):
     assert report["teacher"]["params"] == sum(p.numel() for p in model.parameters())  # WRN-16-2: 691k on 1 channel
     assert report["student"]["flops"] == sizing["flops"] and sizing["target"] == "0.25"
     assert f"student size 0.25: {sizing['reason']}" in " ".join(r.stderr.split())
+    # a torch.export program cannot be the base of a pruned student: init auto says why and sizes one from scratch
+    assert sizing["init"] == "scratch" and "torch.export" in sizing["why_scratch"]
+    assert "student.init auto: a scratch student, because the teacher is a torch.export" in " ".join(r.stderr.split())
     assert report["teacher"]["accuracy"] == ck["metrics"]["test_accuracy"] == report["teacher"]["onnx_accuracy"]
     assert_same_function(tmp_path / "run" / "teacher.onnx", model)
 
