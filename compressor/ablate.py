@@ -52,8 +52,16 @@ METHODS = [
 GRAD_AT = Method("grad-at", "gradient AT", grad_at=True)
 
 
-def methods_for(recipe: Recipe) -> list[Method]:
-    return METHODS + ([GRAD_AT] if recipe.distill.grad_at.enabled else [])
+def methods_for(recipe: Recipe, only: list[str] | None = None) -> list[Method]:
+    """The paper's methods (gradient AT when the recipe enables it); `only`: those named, in the table's order."""
+    methods = METHODS + ([GRAD_AT] if recipe.distill.grad_at.enabled else [])
+    if only:
+        known = {m.name for m in METHODS + [GRAD_AT]}
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            raise UserError(f"--methods: unknown {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        methods = [m for m in METHODS + [GRAD_AT] if m.name in only]
+    return methods
 
 
 def _comparable(recipe_dump: dict) -> dict:
@@ -98,10 +106,10 @@ def run_one(teacher: Path, recipe: Recipe, run_dir: Path, *, trust_teacher: bool
     return row, report
 
 
-def summarise(method: Method, rows: list[dict]) -> dict:
+def summarise(method: Method, rows: list[dict], init: str | None = None) -> dict:
     errors = [r["error"] for r in rows]
     return {
-        "method": method.name, "label": method.label, "runs": rows,
+        "method": method.name, "label": method.label + (f" ({init})" if init else ""), "init": init, "runs": rows,
         "error_mean": statistics.fmean(errors) if errors else None,
         "error_std": statistics.stdev(errors) if len(errors) > 1 else None,  # sample std over seeds
         "params": rows[0]["params"] if rows else None,
@@ -141,17 +149,45 @@ def render_markdown(result: dict) -> str:
             f"{m['train_seconds']:.0f} | {len(m['runs'])} | "
             + (", ".join(f"{g} ({n}/{len(m['runs'])})" for g, n in failed.items()) or "none") + " |"
         )
+    inits = list(dict.fromkeys(m.get("init") for m in done))
+    names = list(dict.fromkeys(m["method"] for m in done))
+    labels = {m["method"]: m["label"].removesuffix(f" ({m['init']})" if m.get("init") else "") for m in done}
+    cell = {(m.get("init"), m["method"]): _mean_std(m) for m in done}
     lines += ["", "As the paper's Table 1 (error %):", "",
-              "| " + " | ".join(m["label"] for m in done) + " | teacher |",
-              "|" + "---|" * (len(done) + 1),
-              "| " + " | ".join(_mean_std(m) for m in done) + f" | {t.get('error', float('nan')):.2f} |", ""]
+              "| " + ("student init | " if inits != [None] else "") + " | ".join(labels[n] for n in names) + " | teacher |",
+              "|" + "---|" * (len(names) + 1 + (inits != [None]))]
+    for init in inits:
+        lines.append("| " + (f"{init} | " if init else "") + " | ".join(cell.get((init, n), "–") for n in names)
+                     + f" | {t.get('error', float('nan')):.2f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
+INITS = ("scratch", "teacher")
+
+
+def parse_init_sets(inits: list[str], init_sets: list[str]) -> dict[str, list[str]]:
+    """`--init-set scratch:train.lr=0.1` -> {"scratch": ["train.lr=0.1"]}: overrides for one init only."""
+    out: dict[str, list[str]] = {i: [] for i in inits}
+    for text in init_sets:
+        init, sep, override = text.partition(":")
+        if not sep or init not in INITS or "=" not in override:
+            raise UserError(f"--init-set {text}: expected INIT:key=value with INIT one of {', '.join(INITS)}")
+        if init not in out:
+            raise UserError(f"--init-set {text}: {init} is not one of the --init values ({', '.join(inits)})")
+        out[init].append(override)
+    return out
+
+
 def run_ablation(
-    teacher: Path, recipe_path: Path, sets: list[str], seeds: int, out: Path, *, trust_teacher: bool = False
+    teacher: Path, recipe_path: Path, sets: list[str], seeds: int, out: Path, *, trust_teacher: bool = False,
+    inits: list[str] | None = None, init_sets: list[str] = (), only: list[str] | None = None,
 ) -> dict:
-    """Run (or reuse) every method x seed; write OUT/ablation.json and OUT/ablation.md; return the result."""
+    """Run (or reuse) every [init x] method x seed; write OUT/ablation.json and OUT/ablation.md; return the result.
+
+    inits: the student-init axis (`scratch`, `teacher`): each method runs once per init, in OUT/<init>/<method>/,
+    with `student.init=<init>` and that init's `--init-set` overrides (a grown student is fine-tuned at a lower
+    learning rate than a scratch one is trained at); None: the recipe's own init, in OUT/<method>/."""
     if seeds < 1:
         raise UserError(f"--seeds: must be at least 1 (got {seeds})")
     if out.exists() and not out.is_dir():
@@ -163,29 +199,36 @@ def run_ablation(
         node = copy.deepcopy(raw) if raw is not None else {}
         return validate_recipe(apply_overrides(node, [*sets, *extra]) if isinstance(node, dict) else node, str(recipe_path))
 
+    for init in inits or []:
+        if init not in INITS:
+            raise UserError(f"--init: {init!r} is not one of {', '.join(INITS)}")
+    per_init = parse_init_sets(list(inits or []), list(init_sets))
     base = variant([])
-    methods = methods_for(base)
+    axis = [(i, [f"student.init={i}", *per_init[i]], out / i) for i in inits] if inits else [(None, [], out)]
+    cells = [(init, extra, folder, m) for init, extra, folder in axis for m in methods_for(variant(extra), only)]
     seed_list = [base.seed + i for i in range(seeds)]
     result = {
         "recipe": base.name, "recipe_path": str(recipe_path), "overrides": sets, "teacher_path": str(teacher),
         "epochs": base.train.epochs, "seeds": seed_list, "train_images": None, "test_images": None, "teacher": {},
-        "methods": [summarise(m, []) for m in methods],
+        "inits": {i: per_init[i] for i in inits} if inits else None,
+        "methods": [summarise(m, [], init) for init, _, _, m in cells],
     }
-    plan = [[(variant([*m.overrides(), f"seed={seed}"]), out / m.name / f"seed{seed}") for seed in seed_list]
-            for m in methods]
+    plan = [[(variant([*extra, *m.overrides(), f"seed={seed}"]), folder / m.name / f"seed{seed}") for seed in seed_list]
+            for _, extra, folder, m in cells]
     for recipe, run_dir in (run for runs in plan for run in runs):  # refuse before anything is (over)written
         if (run_dir / FINISHED_MARKER).exists():
             _check_reusable(run_dir, recipe)
-    total = len(methods) * seeds
-    for i, (method, runs) in enumerate(zip(methods, plan)):
+    total = len(cells) * seeds
+    for i, ((init, _, _, method), runs) in enumerate(zip(cells, plan)):
         rows = []
         for j, (recipe, run_dir) in enumerate(runs):
-            console.print(f"[bold]ablation {i * seeds + j + 1}/{total}: {method.label}, seed {recipe.seed}[/]")
+            what = method.label + (f", init {init}" if init else "")
+            console.print(f"[bold]ablation {i * seeds + j + 1}/{total}: {what}, seed {recipe.seed}[/]")
             row, report = run_one(teacher, recipe, run_dir, trust_teacher=trust_teacher)
             rows.append(row)
             result.update(teacher=rows[-1]["teacher"], train_images=report["data"]["train"],
                           test_images=report["data"]["test"])
-            result["methods"][i] = summarise(method, rows)
+            result["methods"][i] = summarise(method, rows, init)
             write_json(out / "ablation.json", result)
             write_text(out / "ablation.md", render_markdown(result))
     console.print(render_markdown(result), markup=False, highlight=False)

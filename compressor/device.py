@@ -25,6 +25,15 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def channels_last_safe(model: torch.nn.Module) -> bool:
+    """Whether the model may train channels_last on the CPU: every convolution takes and gives a multiple of 8
+    channels (or takes the 1-3 channels of an image). PyTorch 2.14's CPU backward of a 1x1 stride-2 convolution in
+    channels_last crashes the process (SIGSEGV) for 12-15 input channels at some batch sizes (115, 117; not 64 or
+    128), which a pruned student's odd widths (15/31/63) hit on a last partial batch; NCHW computes them fine."""
+    return all((m.in_channels <= 3 or m.in_channels % 8 == 0) and m.out_channels % 8 == 0
+               for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
 def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """auto = bf16 on a CUDA device that supports it, fp16 on one that does not, nothing on the CPU.
 

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from . import checkpoint as ckpt_io
 from . import distributed
 from .datasets import Batches, DataBundle, Normalize
-from .device import amp_dtype, autocast, memory_format
+from .device import amp_dtype, autocast, channels_last_safe, memory_format
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CompressorError, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
 from .fastpath import fold_batchnorm
@@ -314,7 +314,8 @@ def fit(
     cfg = recipe.train
     epochs = epochs or cfg.epochs
     dtype = amp_dtype(cfg.amp, device)
-    fmt = memory_format(cfg.channels_last)
+    # channels_last where the student's widths are safe for it on this device (device.channels_last_safe)
+    fmt = memory_format(cfg.channels_last and (device.type != "cpu" or channels_last_safe(model)))
     normalize = Normalize(data.mean, data.std, device, fmt)
     train = Batches(
         data.train.to(device), cfg.batch_size, normalize, train=True, pad=recipe.data.pad, flip=recipe.data.flip,

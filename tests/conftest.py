@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from compressor.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "fashion_at.yaml"
+RECIPE = ROOT / "tests" / "smoke.yaml"  # scratch WRN-16-1 student; tests set their own sizes
 # A smoke budget: a few hundred real Fashion-MNIST images, one epoch, short latency runs.
 SMOKE = [
     "data.limit_train=640", "data.limit_test=300", "train.epochs=1", "teacher.epochs=1",

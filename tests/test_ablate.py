@@ -87,3 +87,32 @@ def test_methods_and_table():
     md = render_markdown({"recipe": "r", "teacher": {"arch": "t", "params": 1e6, "error": 5.0}, "epochs": 1,
                           "train_images": 10, "test_images": 5, "seeds": [0, 1, 2], "methods": [m]})
     assert "| student alone | 12.00 ± 2.00 |" in md and "| 12.00 ± 2.00 | 5.00 |" in md
+
+
+def test_ablate_init_axis_through_the_cli(teacher_ckpt, tmp_path):
+    """--init scratch --init teacher: each method runs once per init (here two methods, one seed), the grown
+    student is a pruned teacher and the scratch one a sized network, each with its own --init-set overrides."""
+    out = tmp_path / "ablation"
+    grid = ("--init", "scratch", "--init", "teacher", "--init-set", "teacher:train.lr=0.02", "--methods", "student,at+kd")
+    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "1", "--out", out, *grid,
+                *TINY, "--set", "student.arch=null", "--set", "student.size=0.25", timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((out / "ablation.json").read_text())
+    assert [(m["init"], m["method"]) for m in result["methods"]] == [
+        ("scratch", "student"), ("scratch", "at+kd"), ("teacher", "student"), ("teacher", "at+kd")]
+    assert result["inits"] == {"scratch": [], "teacher": ["train.lr=0.02"]}
+    for m in result["methods"]:
+        report = json.loads((out / m["init"] / m["method"] / "seed0" / "report.json").read_text())
+        sizing = report["student"]["sizing"]
+        assert sizing["init"] == m["init"] and report["distillation"]["lr"] == (0.02 if m["init"] == "teacher" else 0.1)
+        assert (sizing["how"] == "pruned") == (m["init"] == "teacher")
+        assert report["distillation"]["methods"] == EXPECTED_METHODS[m["method"]]
+        assert report["student"]["params"] <= 0.25 * report["teacher"]["params"]
+    md = (out / "ablation.md").read_text()
+    assert "| student alone (teacher) |" in md and "| student init | student alone | AT+KD | teacher |" in md
+    assert "| scratch | " in md and "| teacher | " in md
+
+    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--init", "pruned", *TINY)
+    assert r.returncode == 2 and "--init: 'pruned' is not one of scratch, teacher" in r.stderr
+    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--methods", "at,xx", *TINY)
+    assert r.returncode == 2 and "--methods: unknown xx" in r.stderr

@@ -205,7 +205,20 @@ def test_timm_teacher_grows_a_student(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["sizing"]["init"] == "teacher" and report["student"]["arch"] == "timm:test_resnet-pruned"
     assert report["student"]["params"] <= 0.25 * report["teacher"]["params"]
+    # one-to-one by name: act1 (14x14) too, which a scratch ResNet student has no point for; layer4 is 1x1
     assert [(p["teacher"], p["student"]) for p in report["distillation"]["pairs"]] == [
-        ("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3")]
+        ("act1", "act1"), ("layer1", "layer1"), ("layer2", "layer2"), ("layer3", "layer3")]
     student, _ = ckpt_io.load_model(out / "student.pt")
     assert_same_function(out / "student.onnx", student)
+
+
+def test_pruned_widths_train_in_nchw_on_the_cpu():
+    """channels_last is kept for widths that are multiples of 8 and dropped for a pruned student's odd ones (a
+    PyTorch CPU kernel crashes on some of them in channels_last: device.channels_last_safe)."""
+    from compressor.device import channels_last_safe
+
+    assert channels_last_safe(create_model("wrn-16-1", 10, 1)) and channels_last_safe(create_model("wrn-16-2", 10, 3))
+    student, _ = grow_student(wrn16_2(), 172_846, input_shape=(1, 28, 28), num_classes=10, criterion="magnitude")
+    assert not channels_last_safe(student)
+    student.train()  # a last partial batch of 115 images through forward and backward, in the format fit() picks
+    torch.nn.functional.cross_entropy(student(torch.randn(115, 1, 28, 28)), torch.zeros(115, dtype=torch.long)).backward()

@@ -23,6 +23,18 @@ def ablate(
     trust_teacher: Annotated[
         bool, typer.Option("--trust-teacher", help="Allow a fully pickled teacher (runs code from the file!).")
     ] = False,
+    methods: Annotated[
+        Optional[str], typer.Option("--methods", help="Only these methods, comma-separated (student, kd, at, at+kd, "
+                                    "f-actt, grad-at). Default: all.")
+    ] = None,
+    init: Annotated[
+        Optional[list[str]], typer.Option("--init", help="Student-init axis: scratch and/or teacher (repeat the "
+                                          "option); each method runs once per init. Default: the recipe's init.")
+    ] = None,
+    init_set: Annotated[
+        Optional[list[str]], typer.Option("--init-set", help="An override for one init only, INIT:key=value "
+                                          "(e.g. scratch:train.lr=0.1); repeatable.")
+    ] = None,
 ) -> None:
     """Train the student alone, with KD, AT, AT+KD and F-ActT (and gradient AT when the recipe enables it) at an
     equal budget, N seeds each; write [bold]ablation.md[/] and [bold]ablation.json[/] (error mean ± std, params,
@@ -33,4 +45,6 @@ def ablate(
 
     sets = overrides(set_, device)
     r = load_recipe(recipe, sets)
-    run_ablation(teacher, recipe, sets, seeds, out or Path("runs") / f"{r.name}-ablation", trust_teacher=trust_teacher)
+    run_ablation(teacher, recipe, sets, seeds, out or Path("runs") / f"{r.name}-ablation", trust_teacher=trust_teacher,
+                 inits=[v for text in init or [] for v in text.split(",") if v] or None, init_sets=init_set or [],
+                 only=[m for m in (methods or "").split(",") if m] or None)
