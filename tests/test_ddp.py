@@ -137,13 +137,15 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, teacher
 @pytest.mark.slow
 def test_distill_nproc_2_writes_one_set_of_artifacts(tmp_path, teacher_ckpt):
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--nproc", "2",
+    # the student grown from the teacher: every rank prunes it identically (the structures must match for DDP)
+    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--nproc", "2", "--student-size", "0.25",
                 *sets("data.limit_train=256", "data.limit_test=100", "train.batch_size=64", "verify.batch_sizes=[1]"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = {p.name for p in out.iterdir()} - {"figures"}  # figures: an optional extra of the report
     assert files == {"student.pt", "student.onnx", "teacher.onnx", "report.json", "report.md", "metrics.jsonl",
                      "train_state.pt"}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["student"]["sizing"]["init"] == "teacher" and report["student"]["params"] <= 0.25 * report["teacher"]["params"]
     assert report["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch": 64, "per_rank_batch": 32,
                                      "lr": 0.1, "sync_bn": False}
     assert "batch 64, lr 0.1 (global; 2 processes × 32, gloo)" in (out / "report.md").read_text(encoding="utf-8")

@@ -58,8 +58,11 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 def test_student_needs_arch_or_size():
     with pytest.raises(UserError, match="student: set either student.arch or student.size"):
-        load_recipe(ROOT / "recipes/fashion_at.yaml", ["student.size=0.25"])
-    assert load_recipe(ROOT / "recipes/fashion_at.yaml", ["student.size=200k", "student.arch=null"]).student.size == "200k"
+        load_recipe(ROOT / "tests/smoke.yaml", ["student.size=0.25"])
+    assert load_recipe(ROOT / "tests/smoke.yaml", ["student.size=200k", "student.arch=null"]).student.size == "200k"
+    with pytest.raises(UserError, match="student: set either student.arch or student.size"):
+        load_recipe(ROOT / "recipes/fashion_at.yaml", ["student.arch=wrn-16-1"])
+    assert load_recipe(ROOT / "recipes/fashion_at.yaml").student.init == "teacher"  # the demo grows its student
 
 
 def test_schema_is_json_schema(cli):

@@ -47,7 +47,7 @@ def distill(
     if student and student_size:
         raise UserError("--student and --student-size: give one, not both")
     if student:
-        sets += [f"student.arch={student}", "student.size=null"]
+        sets += [f"student.arch={student}", "student.size=null", "student.init=scratch"]  # a named network is fresh
     if student_size:
         sets += [f"student.size={student_size}", "student.arch=null"]
     r = load_recipe(recipe, sets)
