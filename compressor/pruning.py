@@ -119,10 +119,17 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     return n
 
 
+def count_flops(model: nn.Module, input_shape) -> int:
+    from .verify import count_flops as flops
+
+    return flops(model, input_shape)
+
+
 def grow_student(
     teacher: nn.Module,
-    target_params: int,
+    target_params: int | None,
     *,
+    target_flops: int | None = None,
     input_shape: tuple[int, int, int],
     num_classes: int,
     criterion: str = "taylor",
@@ -130,7 +137,8 @@ def grow_student(
     round_to: int | None = None,
     grad_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """The teacher pruned uniformly to the largest channel ratio whose parameter count is <= `target_params`.
+    """The teacher pruned uniformly to the smallest channel ratio whose parameter count is <= `target_params` and
+    whose FLOPs per image are <= `target_flops` (either may be None).
 
     Every prunable channel group keeps the same fraction of its channels (a global ranking collapsed whole
     stages at this budget); the ratio is found on copies (one prune of WRN-16-2 takes ~0.02 s).
@@ -147,6 +155,11 @@ def grow_student(
     prune = lambda r: _prune_copy(teacher, r, criterion=criterion, example=example, num_classes=num_classes,  # noqa: E731
                                   keep_stem=keep_stem, grads=grads, round_to=round_to)
     full = count_params(teacher)
+
+    def fits(m: nn.Module) -> bool:
+        return ((target_params is None or count_params(m) <= target_params)
+                and (target_flops is None or count_flops(m, input_shape) <= target_flops))
+
     # the parameter count falls with the ratio but not everywhere monotonically (near 1 the pruner leaves groups
     # it would empty, and round_to makes steps): a coarse scan finds the first ratio under the target, then
     # bisection between it and the scan point before it finds the smallest such ratio (the largest student)
@@ -154,7 +167,7 @@ def grow_student(
         lo, hi, best = 0.0, None, None
         for step in range(1, 20):
             m = prune(step * 0.05)
-            if count_params(m) <= target_params:
+            if fits(m):
                 _check_runs(m, example, num_classes)
                 hi, best = step * 0.05, m
                 break
@@ -164,13 +177,15 @@ def grow_student(
     except Exception as e:  # the pruner's failures on graphs it cannot trace take many forms
         raise CannotPrune(_first_line(e)) from None
     if best is None:
+        what = " and ".join(t for t in (target_params and f"{target_params:,} parameters",
+                                        target_flops and f"{target_flops:,} FLOPs") if t)
         raise UserError(f"student.size: pruning the teacher ({full:,} parameters) to 95% of its channels still "
-                        f"leaves more than the target {target_params:,} parameters")
+                        f"leaves more than the target {what}")
     best_ratio = hi
     for _ in range(10):  # to 5e-5 of the ratio: within a channel of the target at these widths
         mid = (lo + hi) / 2
         m = prune(mid)
-        if count_params(m) <= target_params:
+        if fits(m):
             best, best_ratio, hi = m, mid, mid
         else:
             lo = mid
@@ -178,7 +193,8 @@ def grow_student(
     if hasattr(best, "feature_info") and isinstance(best.feature_info, list):
         _refresh_feature_info(best, input_shape)
     info = {"criterion": criterion, "ratio": round(best_ratio, 5), "keep_stem": keep_stem, "round_to": round_to,
-            "params": count_params(best), "teacher_params": full, "target_params": target_params}
+            "params": count_params(best), "teacher_params": full, "target_params": target_params,
+            "target_flops": target_flops}
     return best, info
 
 

@@ -62,6 +62,10 @@ class StudentConfig(Strict):
             raise ValueError(f"{v!r} is neither a fraction (0.25) nor a parameter count (200k, 1.5M)")
         return v.strip()
 
+    flops: Union[float, str, None] = Field(
+        None, description="init teacher: also at most this many FLOPs per image: a fraction of the teacher's (0.25) "
+        "or a count (40M, 1.5G); with student.size both limits hold, alone it sizes the student by FLOPs"
+    )
     init: Literal["auto", "scratch", "teacher"] = Field(
         "auto", description="teacher: the teacher with channels pruned to student.size (kept names, one-to-one "
         "attention pairs); scratch: a fresh network of the teacher's family; auto: teacher when the student is "
@@ -80,12 +84,28 @@ class StudentConfig(Strict):
         2048, description="init teacher: training images for the Taylor scores and the BatchNorm recalibration"
     )
 
+    @field_validator("flops")
+    @classmethod
+    def _flops(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, (int, float)):
+            if not 0 < v <= 1 and v < 1000:
+                raise ValueError("a fraction must be in (0, 1]; a count must be >= 1000 (or written 40M, 1.5G)")
+            return float(v)
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[kKmMgG]?\s*", v):
+            raise ValueError(f"{v!r} is neither a fraction (0.25) nor a FLOPs count (40M, 1.5G)")
+        return v.strip()
+
     @model_validator(mode="after")
     def _one_of(self):
-        if self.arch and self.size is not None:
-            raise ValueError("set either student.arch or student.size, not both")
-        if not self.arch and self.size is None:
+        if self.arch and (self.size is not None or self.flops is not None):
+            raise ValueError("set either student.arch or student.size / student.flops, not both")
+        if not self.arch and self.size is None and self.flops is None:
             raise ValueError("set student.arch (e.g. wrn-16-1) or student.size (e.g. 0.25)")
+        if self.flops is not None and self.init == "scratch":
+            raise ValueError("student.flops sizes a student grown from the teacher; student.init: scratch sizes by "
+                             "parameters (student.size)")
         if self.arch and self.init == "teacher":
             raise ValueError("student.init: teacher prunes the teacher down to student.size; give student.size "
                              "instead of student.arch (or student.init: scratch)")

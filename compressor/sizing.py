@@ -48,6 +48,17 @@ def parse_size(size: float | str) -> tuple[str, float]:
     return ("fraction", value) if value <= 1 else ("count", value)
 
 
+def parse_flops(flops: float | str) -> tuple[str, float]:
+    """0.25 -> ("fraction", 0.25); "40M" -> ("count", 4e7); "1.5G" -> ("count", 1.5e9)."""
+    if isinstance(flops, (int, float)):
+        return ("fraction", float(flops)) if flops <= 1 else ("count", float(flops))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", flops)
+    if not m:
+        raise UserError(f"student.flops: {flops!r} is neither a fraction (0.25) nor a FLOPs count (40M, 1.5G)")
+    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
+    return ("fraction", value) if value <= 1 else ("count", value)
+
+
 def family_of(arch: str) -> str | None:
     """'wrn-16-2' -> wrn; 'resnet34', 'resnet18-w0.5', 'timm:resnet50', 'torchscript:ResNet' -> resnet; else None."""
     name = arch.rsplit(":", 1)[-1].lower()

@@ -22,7 +22,7 @@ from .models import create_model, is_registered
 from .progress import console
 from .pruning import CannotPrune, apply_channel_plan, channel_plan, grow_student, recalibrate_bn, state_shapes
 from .recipe import Recipe
-from .sizing import choose_student_size, parse_size
+from .sizing import choose_student_size, parse_flops, parse_size
 from .teachers import Teacher
 from .verify import count_flops, count_params
 
@@ -69,7 +69,7 @@ def build_student(recipe: Recipe, teacher: Teacher, data: DataBundle, saved: dic
             return _grow(recipe, teacher, data)
         except CannotPrune as e:
             why_not = f"the pruner cannot handle this teacher's graph ({e})"
-    if cfg.init == "teacher":
+    if cfg.init == "teacher" or cfg.flops is not None:
         raise UserError(f"student.init: teacher: cannot grow the student from the teacher: {why_not}")
     arch, sizing = choose_student_size(teacher.arch, count_params(teacher.model), cfg.size,
                                        num_classes=data.num_classes, input_shape=shape)
@@ -95,16 +95,25 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     from .trainer import evaluate
 
     cfg = recipe.student
-    kind, value = parse_size(cfg.size)
     full = count_params(teacher.model)
-    target = int(value * full) if kind == "fraction" else int(value)
-    if target >= full:
-        raise UserError(f"student.size: {cfg.size} means {target:,} parameters, not fewer than the teacher's {full:,}")
+    t_flops = count_flops(teacher.model, data.input_shape)
+    target = target_flops = None
+    if cfg.size is not None:
+        kind, value = parse_size(cfg.size)
+        target = int(value * full) if kind == "fraction" else int(value)
+        if target >= full:
+            raise UserError(f"student.size: {cfg.size} means {target:,} parameters, not fewer than the teacher's {full:,}")
+    if cfg.flops is not None:
+        kind, value = parse_flops(cfg.flops)
+        target_flops = int(value * t_flops) if kind == "fraction" else int(value)
+        if target_flops >= t_flops:
+            raise UserError(f"student.flops: {cfg.flops} means {target_flops:,} FLOPs, not fewer than the teacher's "
+                            f"{t_flops:,}")
     started = time.perf_counter()
     calib = _calibration(recipe, data)
     torch.manual_seed(recipe.seed)
     model, info = grow_student(
-        teacher.model, target, input_shape=data.input_shape, num_classes=data.num_classes, criterion=cfg.criterion,
+        teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes, criterion=cfg.criterion,
         keep_stem=cfg.keep_stem, round_to=cfg.round_to, grad_batches=lambda: calib[:TAYLOR_BATCHES],
     )
     recalibrate_bn(model, (x for x, _ in calib))
@@ -114,14 +123,15 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     test = Batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")))
     pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
     flops = count_flops(model, data.input_shape)
-    t_flops = count_flops(teacher.model, data.input_shape)
     arch = f"{teacher.arch}-pruned"
+    limits = ", ".join(t for t in (target and f"target {target:,} parameters",
+                                   target_flops and f"{target_flops:,} FLOPs") if t)
     reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {info['ratio']:.0%} of each channel group "
               f"removed{' (stem kept)' if cfg.keep_stem else ''}: {info['params']:,} parameters "
-              f"({info['params'] / full:.1%} of the teacher, target {target:,}), {flops / t_flops:.1%} of its FLOPs")
+              f"({info['params'] / full:.1%} of the teacher), {flops / t_flops:.1%} of its FLOPs ({limits})")
     sizing = {
-        "how": "pruned", "init": "teacher", "arch": arch, "base_arch": teacher.arch, "target": str(cfg.size),
-        "target_params": target, "params": info["params"], "flops": flops, "teacher_params": full,
+        "how": "pruned", "init": "teacher", "arch": arch, "base_arch": teacher.arch, "target": str(cfg.size) if cfg.size is not None else None,
+        "target_params": target, "target_flops": target_flops, "flops_target": cfg.flops, "params": info["params"], "flops": flops, "teacher_params": full,
         "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full, "criterion": cfg.criterion,
         "ratio": info["ratio"], "keep_stem": cfg.keep_stem, "round_to": cfg.round_to, "calibration_images": sum(len(y) for _, y in calib),
         "pruned_modules": len(plan), "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,

@@ -222,3 +222,28 @@ def test_pruned_widths_train_in_nchw_on_the_cpu():
     assert not channels_last_safe(student)
     student.train()  # a last partial batch of 115 images through forward and backward, in the format fit() picks
     torch.nn.functional.cross_entropy(student(torch.randn(115, 1, 28, 28)), torch.zeros(115, dtype=torch.long)).backward()
+
+
+def test_a_flops_target_alone_or_with_a_parameter_target():
+    from compressor.verify import count_flops
+
+    teacher = wrn16_2()
+    flops = count_flops(teacher, (1, 28, 28))
+    by_flops, info = grow_student(teacher, None, target_flops=int(0.3 * flops), input_shape=(1, 28, 28),
+                                  num_classes=10, criterion="magnitude")
+    assert 0.25 * flops <= count_flops(by_flops, (1, 28, 28)) <= 0.3 * flops and info["target_flops"] == int(0.3 * flops)
+    both, _ = grow_student(teacher, int(0.1 * count_params(teacher)), target_flops=int(0.3 * flops),
+                           input_shape=(1, 28, 28), num_classes=10, criterion="magnitude")
+    assert count_params(both) <= 0.1 * count_params(teacher) and count_params(both) < count_params(by_flops)
+
+
+def test_student_flops_in_the_recipe():
+    from compressor.recipe import load_recipe
+
+    r = load_recipe(RECIPE, ["student.arch=null", "student.flops=40M"])
+    assert r.student.flops == "40M" and r.student.size is None
+    for bad, message in ((["student.flops=0.3"], "set either student.arch or student.size / student.flops"),
+                         (["student.arch=null", "student.flops=12x"], "neither a fraction (0.25) nor a FLOPs count"),
+                         (["student.arch=null", "student.flops=0.3", "student.init=scratch"], "student.flops sizes a student grown")):
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_recipe(RECIPE, bad)
