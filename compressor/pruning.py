@@ -66,8 +66,10 @@ def _importance(criterion: str):
 
 
 def _prune_copy(model: nn.Module, ratio: float, *, criterion: str, example: torch.Tensor, num_classes: int,
-                keep_stem: bool, grads: dict[str, torch.Tensor] | None, round_to: int | None = None) -> nn.Module:
-    """A copy of `model` with `ratio` of the channels of every prunable group removed (uniform ratio)."""
+                keep_stem: bool, grads: dict[str, torch.Tensor] | None, round_to: int | None = None,
+                global_ranking: bool = False) -> nn.Module:
+    """A copy of `model` with `ratio` of its channels removed: of every prunable group (uniform), or of all groups
+    ranked together by normalised importance (global_ranking)."""
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
@@ -79,7 +81,7 @@ def _prune_copy(model: nn.Module, ratio: float, *, criterion: str, example: torc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch-pruning warns about unwrapped parameters it leaves alone
         pruner = tp.pruner.MetaPruner(m, example, importance=_importance(criterion), pruning_ratio=ratio,
-                                      ignored_layers=ignored, global_pruning=False, round_to=round_to)
+                                      ignored_layers=ignored, global_pruning=global_ranking, round_to=round_to)
         pruner.step()
     for p in m.parameters():
         p.grad = None
@@ -135,6 +137,7 @@ def grow_student(
     criterion: str = "taylor",
     keep_stem: bool = True,
     round_to: int | None = None,
+    global_ranking: bool = False,
     grad_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[nn.Module, dict]:
     """The teacher pruned uniformly to the smallest channel ratio whose parameter count is <= `target_params` and
@@ -153,7 +156,8 @@ def grow_student(
             raise ValueError("the taylor criterion needs grad_batches")
         grads = _taylor_grads(teacher, grad_batches())
     prune = lambda r: _prune_copy(teacher, r, criterion=criterion, example=example, num_classes=num_classes,  # noqa: E731
-                                  keep_stem=keep_stem, grads=grads, round_to=round_to)
+                                  keep_stem=keep_stem, grads=grads, round_to=round_to,
+                                  global_ranking=global_ranking)
     full = count_params(teacher)
 
     def fits(m: nn.Module) -> bool:
@@ -193,6 +197,7 @@ def grow_student(
     if hasattr(best, "feature_info") and isinstance(best.feature_info, list):
         _refresh_feature_info(best, input_shape)
     info = {"criterion": criterion, "ratio": round(best_ratio, 5), "keep_stem": keep_stem, "round_to": round_to,
+            "allocation": "global" if global_ranking else "uniform",
             "params": count_params(best), "teacher_params": full, "target_params": target_params,
             "target_flops": target_flops}
     return best, info

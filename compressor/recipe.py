@@ -76,9 +76,13 @@ class StudentConfig(Strict):
         "taylor", description="init teacher: which channels go (first-order Taylor from a few batches, or weight norm)"
     )
     keep_stem: bool = Field(True, description="init teacher: leave the first convolution's channels unpruned")
+    allocation: Literal["uniform", "global"] = Field(
+        "global", description="init teacher: remove the same fraction of every channel group (uniform), or rank all "
+        "groups' channels together by normalised importance (global)"
+    )
     round_to: PositiveInt | None = Field(
-        None, description="init teacher: keep channel counts multiples of this (e.g. 8, vector-width friendly); at "
-        "WRN-16-2 -> 25% it costs capacity (8/24/56 channels, 17% of the parameters, instead of 15/31/63, 24%)"
+        4, description="init teacher: keep channel counts multiples of this; onnxruntime's CPU kernels ran a WRN with "
+        "15/31/63 or 14/30/62 channels 1.7x slower than one with 12/28/60 (docs/RESULTS.md); null = any count"
     )
     calibration_images: PositiveInt = Field(
         2048, description="init teacher: training images for the Taylor scores and the BatchNorm recalibration"
