@@ -113,8 +113,8 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     calib = _calibration(recipe, data)
     torch.manual_seed(recipe.seed)
     model, info = grow_student(
-        teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes, criterion=cfg.criterion,
-        keep_stem=cfg.keep_stem, round_to=cfg.round_to,
+        teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes,
+        criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
         global_ranking=cfg.allocation == "global", grad_batches=lambda: calib[:TAYLOR_BATCHES],
     )
     recalibrate_bn(model, (x for x, _ in calib))
@@ -132,11 +132,13 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
               f"removed{' (stem kept)' if cfg.keep_stem else ''}: {info['params']:,} parameters "
               f"({info['params'] / full:.1%} of the teacher), {flops / t_flops:.1%} of its FLOPs ({limits})")
     sizing = {
-        "how": "pruned", "init": "teacher", "arch": arch, "base_arch": teacher.arch, "target": str(cfg.size) if cfg.size is not None else None,
-        "target_params": target, "target_flops": target_flops, "flops_target": cfg.flops, "params": info["params"], "flops": flops, "teacher_params": full,
-        "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full, "criterion": cfg.criterion,
-        "ratio": info["ratio"], "keep_stem": cfg.keep_stem, "round_to": cfg.round_to, "allocation": cfg.allocation, "calibration_images": sum(len(y) for _, y in calib),
-        "pruned_modules": len(plan), "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
+        "how": "pruned", "init": "teacher", "arch": arch, "base_arch": teacher.arch,
+        "target": str(cfg.size) if cfg.size is not None else None, "target_params": target,
+        "flops_target": cfg.flops, "target_flops": target_flops, "params": info["params"], "flops": flops,
+        "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
+        "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
+        "round_to": cfg.round_to, "calibration_images": sum(len(y) for _, y in calib), "pruned_modules": len(plan),
+        "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
     }
     console.print(f"student grown from the teacher: {reason}; test accuracy right after pruning and BN "
                   f"recalibration {pruned_acc:.2f}% ({seconds:.1f} s)")

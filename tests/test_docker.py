@@ -93,4 +93,6 @@ def test_ci_example_is_a_valid_workflow():
     summary = next(i for i, r in enumerate(runs) if "$GITHUB_STEP_SUMMARY" in r)
     assert summary > distill and "always()" in steps[summary]["if"]  # runs after a failed (exit 1) distill step
     assert "report.md" in runs[summary]
-    assert sum("actions/cache@" in s.get("uses", "") for s in steps) == 2  # data and teacher
+    assert sum("actions/cache@" in s.get("uses", "") for s in steps) == 1  # the data
+    check = next(i for i, r in enumerate(runs) if "sha256sum -c" in r)  # the shipped teacher, before it is used
+    assert check < distill and "teachers/fashion_mnist-wrn-16-2.pt" in runs[distill]

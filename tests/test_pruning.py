@@ -179,7 +179,7 @@ def test_torchvision_resnet18_state_dict_on_rgb_imagefolder(tmp_path):
     out = tmp_path / "run"
     data = ("data.name=imagefolder", f"data.root={tmp_path / 'folder'}", "data.image_size=32", "data.channels=3",
             "data.pad=2", "verify.batch_sizes=[1]", "teacher.arch=resnet18", "student.init=teacher",
-            "student.calibration_images=128")
+            "student.calibration_images=128", "train.lr=0.01", "distill.at.beta=100")  # a fine-tuning step size
     r = run_cli("distill", tmp_path / "resnet18.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
                 *sets(*data))
     assert r.returncode == 0, r.stdout + r.stderr
