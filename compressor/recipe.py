@@ -43,6 +43,19 @@ class TeacherConfig(Strict):
     epochs: PositiveInt | None = Field(None, description="`compress train` epochs; null = train.epochs")
 
 
+def _amount(v, what: str, examples: str, units: str):
+    """A fraction of the teacher's (0 < v <= 1) or a count (>= 1000, or written with a unit such as 200k)."""
+    if v is None:
+        return v
+    if isinstance(v, (int, float)):
+        if not 0 < v <= 1 and v < 1000:
+            raise ValueError(f"a fraction must be in (0, 1]; a count must be >= 1000 (or written {examples})")
+        return float(v)
+    if not re.fullmatch(rf"\s*\d+(\.\d+)?\s*[{units}]?\s*", v):
+        raise ValueError(f"{v!r} is neither a fraction (0.25) nor a {what} ({examples})")
+    return v.strip()
+
+
 class StudentConfig(Strict):
     arch: str | None = Field(None, description="registered architecture, e.g. wrn-16-1")
     size: Union[float, str, None] = Field(
@@ -52,15 +65,7 @@ class StudentConfig(Strict):
     @field_validator("size")
     @classmethod
     def _size(cls, v):
-        if v is None:
-            return v
-        if isinstance(v, (int, float)):
-            if not 0 < v <= 1 and v < 1000:
-                raise ValueError("a fraction must be in (0, 1]; a count must be >= 1000 (or written 200k, 1.5M)")
-            return float(v)
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[kKmM]?\s*", v):
-            raise ValueError(f"{v!r} is neither a fraction (0.25) nor a parameter count (200k, 1.5M)")
-        return v.strip()
+        return _amount(v, "parameter count", "200k, 1.5M", "kKmM")
 
     flops: Union[float, str, None] = Field(
         None, description="init teacher: also at most this many FLOPs per image: a fraction of the teacher's (0.25) "
@@ -91,15 +96,7 @@ class StudentConfig(Strict):
     @field_validator("flops")
     @classmethod
     def _flops(cls, v):
-        if v is None:
-            return v
-        if isinstance(v, (int, float)):
-            if not 0 < v <= 1 and v < 1000:
-                raise ValueError("a fraction must be in (0, 1]; a count must be >= 1000 (or written 40M, 1.5G)")
-            return float(v)
-        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*[kKmMgG]?\s*", v):
-            raise ValueError(f"{v!r} is neither a fraction (0.25) nor a FLOPs count (40M, 1.5G)")
-        return v.strip()
+        return _amount(v, "FLOPs count", "40M, 1.5G", "kKmMgG")
 
     @model_validator(mode="after")
     def _one_of(self):

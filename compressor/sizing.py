@@ -37,26 +37,26 @@ class Candidate:
     params: int
 
 
-def parse_size(size: float | str) -> tuple[str, float]:
-    """0.25 -> ("fraction", 0.25); "200k" -> ("count", 200000); "1.5M" -> ("count", 1.5e6)."""
-    if isinstance(size, (int, float)):
-        return ("fraction", float(size)) if size <= 1 else ("count", float(size))
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", size)
+UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def parse_amount(value: float | str, key: str, what: str, examples: str) -> tuple[str, float]:
+    """0.25 -> ("fraction", 0.25); "200k" -> ("count", 2e5); "1.5M" -> ("count", 1.5e6); "2G" -> ("count", 2e9)."""
+    if isinstance(value, (int, float)):
+        return ("fraction", float(value)) if value <= 1 else ("count", float(value))
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", value)
     if not m:
-        raise UserError(f"student.size: {size!r} is neither a fraction (0.25) nor a parameter count (200k, 1.5M)")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[m.group(2).lower()]
-    return ("fraction", value) if value <= 1 else ("count", value)
+        raise UserError(f"{key}: {value!r} is neither a fraction (0.25) nor a {what} ({examples})")
+    amount = float(m.group(1)) * UNITS[m.group(2).lower()]
+    return ("fraction", amount) if amount <= 1 else ("count", amount)
+
+
+def parse_size(size: float | str) -> tuple[str, float]:
+    return parse_amount(size, "student.size", "parameter count", "200k, 1.5M")
 
 
 def parse_flops(flops: float | str) -> tuple[str, float]:
-    """0.25 -> ("fraction", 0.25); "40M" -> ("count", 4e7); "1.5G" -> ("count", 1.5e9)."""
-    if isinstance(flops, (int, float)):
-        return ("fraction", float(flops)) if flops <= 1 else ("count", float(flops))
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", flops)
-    if not m:
-        raise UserError(f"student.flops: {flops!r} is neither a fraction (0.25) nor a FLOPs count (40M, 1.5G)")
-    value = float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2).lower()]
-    return ("fraction", value) if value <= 1 else ("count", value)
+    return parse_amount(flops, "student.flops", "FLOPs count", "40M, 1.5G")
 
 
 def family_of(arch: str) -> str | None:
