@@ -6,6 +6,10 @@ F-ActT (and gradient-based AT when the recipe enables it), N seeds each. Every r
 student.onnx and report.json and is measured by the same onnxruntime verification; the table takes the error
 (100 - onnxruntime test accuracy), parameters and batch-1 p50 latency from those reports.
 
+`--init scratch --init teacher` adds the student-init axis: every method runs once per init (a fresh network of the
+teacher's family, and the teacher pruned to the target: students.py), in OUT/<init>/<method>/seed<k>/, with that
+init's `--init-set INIT:key=value` overrides; `--methods` keeps only the named methods.
+
 Resumable: a run with a report.json is reused, an unfinished one (train_state.pt) is resumed. Every finished run is
 checked against the recipe (read once) before anything starts, so other settings in the same OUT are refused
 before a file is written. A gate failure inside a run is recorded, not fatal: the baselines are expected to miss
