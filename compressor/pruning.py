@@ -1,14 +1,14 @@
 """Students grown from the teacher: the teacher with channels removed by structured pruning (Torch-Pruning's
-DepGraph), down to a target number of parameters.
+DepGraph), down to a target number of parameters and/or FLOPs.
 
 `grow_student(teacher, target_params, ...)` returns a pruned copy of the teacher (the caller's teacher is left
 as it was) and a record of how it was made. The pruned student keeps the teacher's module names, so its
 attention points are the teacher's and `auto` pairs them one-to-one at equal resolution.
 
-A pruned model is described by `channel_plan(model)`: for every module whose channel counts differ from the
+A pruned model is described by `channel_plan(model, base)`: for every module whose channel counts differ from the
 freshly built base architecture, its channel attributes (`in_channels`, `out_channels`, `num_features`, ...).
-`apply_channel_plan(base, plan, state_dict)` rebuilds it from the base architecture, so a student checkpoint
-holds only tensors, strings and numbers and reloads with `torch.load(weights_only=True)` anywhere.
+`apply_channel_plan(base, plan, shapes)` shrinks a fresh base model back to it, so a student checkpoint holds only
+tensors, strings and numbers and reloads with `torch.load(weights_only=True)` anywhere.
 
 Criteria (measured on the Fashion-MNIST WRN-16-2 teacher, docs/RESULTS.md): `taylor` (first-order Taylor,
 |w · dL/dw| summed over each coupled channel group, from a few training batches), `magnitude` (the L2 norm of
@@ -27,6 +27,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .errors import UserError
+from .teachers import _first_line
+from .verify import count_flops, count_params
 
 # the attributes that hold a module's channel counts (Conv, BatchNorm, Linear, GroupNorm, LayerNorm)
 CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
@@ -36,10 +38,6 @@ CRITERIA = ("taylor", "magnitude")
 
 class CannotPrune(Exception):
     """The teacher's graph is one the pruner cannot trace or shrink; the message says why in one line."""
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
@@ -121,12 +119,6 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     return n
 
 
-def count_flops(model: nn.Module, input_shape) -> int:
-    from .verify import count_flops as flops
-
-    return flops(model, input_shape)
-
-
 def grow_student(
     teacher: nn.Module,
     target_params: int | None,
@@ -140,13 +132,14 @@ def grow_student(
     global_ranking: bool = False,
     grad_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None = None,
 ) -> tuple[nn.Module, dict]:
-    """The teacher pruned uniformly to the smallest channel ratio whose parameter count is <= `target_params` and
-    whose FLOPs per image are <= `target_flops` (either may be None).
+    """The teacher pruned at the smallest channel ratio whose parameter count is <= `target_params` and whose FLOPs
+    per image are <= `target_flops` (either may be None): the largest student under the target(s).
 
-    Every prunable channel group keeps the same fraction of its channels (a global ranking collapsed whole
-    stages at this budget); the ratio is found on copies (one prune of WRN-16-2 takes ~0.02 s).
-    `grad_batches()` yields (images, labels) for the Taylor criterion. Raises CannotPrune for a graph the
-    pruner cannot handle, UserError for an unreachable target.
+    Uniform (the default here): every prunable channel group keeps the same fraction of its channels;
+    `global_ranking`: the channels of all groups are ranked together by normalised importance (the recipe's
+    default: with `round_to` it fills the budget where uniform rounding cannot, docs/RESULTS.md). The ratio is
+    searched on copies (one prune of WRN-16-2 takes ~0.02 s). `grad_batches()` yields (images, labels) for the
+    Taylor criterion. Raises CannotPrune for a graph the pruner cannot handle, UserError for an unreachable target.
     """
     teacher = teacher.cpu().eval()
     example = torch.zeros(2, *input_shape)
@@ -176,7 +169,7 @@ def grow_student(
                 hi, best = step * 0.05, m
                 break
             lo = step * 0.05
-    except CannotPrune:
+    except (CannotPrune, UserError):
         raise
     except Exception as e:  # the pruner's failures on graphs it cannot trace take many forms
         raise CannotPrune(_first_line(e)) from None
@@ -193,9 +186,6 @@ def grow_student(
             best, best_ratio, hi = m, mid, mid
         else:
             lo = mid
-    best.arch = getattr(teacher, "arch", None)
-    if hasattr(best, "feature_info") and isinstance(best.feature_info, list):
-        _refresh_feature_info(best, input_shape)
     info = {"criterion": criterion, "ratio": round(best_ratio, 5), "keep_stem": keep_stem, "round_to": round_to,
             "allocation": "global" if global_ranking else "uniform",
             "params": count_params(best), "teacher_params": full, "target_params": target_params,
@@ -208,29 +198,6 @@ def _check_runs(model: nn.Module, example: torch.Tensor, num_classes: int) -> No
         out = model(example)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(example), num_classes):
         raise CannotPrune(f"the pruned graph returns {getattr(out, 'shape', type(out).__name__)}, not logits")
-
-
-def _refresh_feature_info(model: nn.Module, input_shape) -> None:
-    """Our FeaturePoint lists carry channel counts; after pruning they are the pruned ones."""
-    from .models.registry import FeaturePoint
-
-    points = [p for p in model.feature_info if isinstance(p, FeaturePoint)]
-    if len(points) != len(model.feature_info):
-        return
-    modules = dict(model.named_modules())
-    shapes = {}
-    hooks = [modules[p.module].register_forward_hook(
-        lambda _m, _i, o, name=p.module: shapes.__setitem__(name, o.shape[1])) for p in points]
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    for h in hooks:
-        h.remove()
-    model.feature_info = [FeaturePoint(p.module, int(shapes.get(p.module, p.channels)), p.stride) for p in points]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------- rebuilding

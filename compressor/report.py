@@ -53,11 +53,13 @@ def summary_rows(report: dict) -> dict[str, list[list[str]]]:
     return {"models": models, "latency": latency, "gates": gates}
 
 
-def _student_line(sizing: dict) -> list[str]:
+def _student_line(student: dict) -> list[str]:
     """How the student came about: grown from the teacher (pruned) or sized / named from scratch."""
+    sizing = student.get("sizing", {})
     if sizing.get("how") == "pruned":
         return [f"- student grown from the teacher: {sizing['reason']}; test accuracy right after pruning and "
-                f"BatchNorm recalibration {sizing['accuracy_after_pruning']:.2f}%, after distillation see above"]
+                f"BatchNorm recalibration {sizing['accuracy_after_pruning']:.2f}%, after distillation "
+                f"{student['accuracy']:.2f}%"]
     if sizing.get("reason"):
         return [f"- student ({sizing.get('init', 'scratch')}): {sizing['reason']}"
                 + (f"; not grown from the teacher because {sizing['why_scratch']}" if sizing.get("why_scratch") else "")]
@@ -106,7 +108,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Distillation",
         "",
-        *_student_line(report["student"].get("sizing", {})),
+        *_student_line(report["student"]),
         f"- attention pairs: {pairs}",
         f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}"
         + _parallel(report.get("distributed")),

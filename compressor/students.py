@@ -91,24 +91,25 @@ def _calibration(recipe: Recipe, data: DataBundle) -> list[tuple[torch.Tensor, t
     return [(normalize(images[i:i + 128]), labels[i:i + 128]) for i in range(0, n, 128)]
 
 
+def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | None:
+    """student.size / student.flops as a number (a fraction of the teacher's, or a count); None when not set."""
+    if amount is None:
+        return None
+    kind, value = parse(amount)
+    target = int(value * teacher_value) if kind == "fraction" else int(value)
+    if target >= teacher_value:
+        raise UserError(f"{key}: {amount} means {target:,} {unit}, not fewer than the teacher's {teacher_value:,}")
+    return target
+
+
 def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     from .trainer import evaluate
 
     cfg = recipe.student
     full = count_params(teacher.model)
     t_flops = count_flops(teacher.model, data.input_shape)
-    target = target_flops = None
-    if cfg.size is not None:
-        kind, value = parse_size(cfg.size)
-        target = int(value * full) if kind == "fraction" else int(value)
-        if target >= full:
-            raise UserError(f"student.size: {cfg.size} means {target:,} parameters, not fewer than the teacher's {full:,}")
-    if cfg.flops is not None:
-        kind, value = parse_flops(cfg.flops)
-        target_flops = int(value * t_flops) if kind == "fraction" else int(value)
-        if target_flops >= t_flops:
-            raise UserError(f"student.flops: {cfg.flops} means {target_flops:,} FLOPs, not fewer than the teacher's "
-                            f"{t_flops:,}")
+    target = _target(cfg.size, parse_size, full, "student.size", "parameters")
+    target_flops = _target(cfg.flops, parse_flops, t_flops, "student.flops", "FLOPs")
     started = time.perf_counter()
     calib = _calibration(recipe, data)
     torch.manual_seed(recipe.seed)
