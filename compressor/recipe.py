@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UserError
 
@@ -38,9 +38,39 @@ class DataConfig(Strict):
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grey-scale, 3 = RGB")
 
 
+def _known_arch(name: str | None, pruned: bool = False) -> str | None:
+    """A model name the registry can build (registered, torchvision, timm:NAME), checked without building it;
+    with `pruned`, also `<name>-pruned` (how distill names a student grown from the teacher)."""
+    if name is None:
+        return name
+    from .models import check_arch  # here, not at the top: the registry imports torchvision
+
+    base = name[: -len("-pruned")] if pruned and name.endswith("-pruned") else name
+    problem = check_arch(base)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+DEFAULT_TEACHER_ARCH = "wrn-16-2"
+
+
+def teacher_arch_given(recipe: "Recipe") -> bool:
+    """Whether the recipe's teacher.arch was written (in the file or a --set) rather than left at its default:
+    only a written one must match a compressor checkpoint's own architecture."""
+    return "arch" in recipe.teacher.model_fields_set
+
+
 class TeacherConfig(Strict):
-    arch: str = Field("wrn-16-2", description="registered architecture (for `compress train`, state_dict files)")
+    arch: str = Field(DEFAULT_TEACHER_ARCH, description="architecture of a state_dict teacher and of `compress train`'s "
+                      "(registered, torchvision or timm:NAME); a compressor checkpoint names its own, which must "
+                      "be this one when it is given")
     epochs: PositiveInt | None = Field(None, description="`compress train` epochs; null = train.epochs")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_exists(cls, v):
+        return _known_arch(v, pruned=True)
 
 
 def _amount(v, what: str, examples: str, units: str):
@@ -61,6 +91,11 @@ class StudentConfig(Strict):
     size: Union[float, str, None] = Field(
         None, description="instead of arch: a fraction of the teacher's parameters (0.25) or a count (200k, 1.5M)"
     )
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_exists(cls, v):
+        return _known_arch(v)
 
     @field_validator("size")
     @classmethod
@@ -120,8 +155,12 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[PositiveInt] = Field(default_factory=list, description="multistep: epochs where lr *= gamma")
+    schedule: Literal["multistep", "cosine", "constant"] = Field(
+        "cosine", description="learning-rate decay, stepped every iteration: cosine to 0; multistep: lr *= gamma at "
+        "each of train.milestones (required); constant"
+    )
+    milestones: list[PositiveInt] = Field(default_factory=list, validate_default=True,
+                                          description="multistep: epochs where lr *= gamma")
     gamma: float = Field(0.2, gt=0, le=1)
     channels_last: bool = True
     compile: bool = Field(
@@ -143,9 +182,12 @@ class TrainConfig(Strict):
 
     @field_validator("milestones")
     @classmethod
-    def _sorted(cls, v):
+    def _sorted(cls, v, info: ValidationInfo):
         if v != sorted(set(v)):
             raise ValueError("milestones must be strictly increasing")
+        if not v and info.data.get("schedule") == "multistep":  # it would silently keep the learning rate constant
+            raise ValueError("required for schedule multistep (e.g. [60, 120, 160]); or use schedule cosine or "
+                             "constant")
         return v
 
 
@@ -213,11 +255,16 @@ class VerifyConfig(Strict):
     max_accuracy_drop: float | None = Field(2.0, ge=0, description="gate: points below the teacher (ONNX numbers)")
     min_speedup: float | None = Field(None, gt=0, description="gate: teacher p50 / student p50 at every batch size")
     max_latency_ms: dict[int, float] | None = Field(None, description="gate: student p50 per batch size")
-    max_abs_diff: float = Field(1e-4, gt=0, description="gate: PyTorch vs onnxruntime logits")
+    max_abs_diff: float = Field(1e-4, gt=0, description="gate: PyTorch vs onnxruntime logits, the absolute floor "
+                                "of the tolerance max_abs_diff + parity_rtol * max|logit|")
+    parity_rtol: float = Field(1e-5, ge=0, description="gate: the part of the parity tolerance relative to the "
+                               "logits' scale (fp32 rounding grows with it)")
     batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 64])
     warmup: int = Field(10, ge=0)
     min_runs: PositiveInt = 100
     min_seconds: float = Field(1.0, ge=0)
+    rounds: PositiveInt = Field(5, description="latency: teacher and student are timed in this many alternating "
+                                "rounds (drift and turbo hit both alike); the speed-up's interval is over rounds")
     threads: PositiveInt | None = Field(None, description="onnxruntime intra-op threads; null = all cores")
 
 
@@ -360,7 +407,7 @@ def read_yaml(path: str | Path) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{p}: cannot read recipe ({e})") from None
     try:
-        return yaml.safe_load(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -370,13 +417,14 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"{p}: invalid YAML value ({e}); quote it to mean a string") from None
     except RecursionError:
         raise UserError(f"{p}: invalid YAML: nested too deeply") from None
+    if raw is None:  # no bytes, only blanks and comments, or a bare `null`: most likely the wrong or a truncated file
+        raise UserError(f"{p}: empty recipe file (a recipe is a mapping of sections: data, teacher, student, ...)")
+    return raw
 
 
 def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recipe:
     """Read, override and validate a recipe; raise one UserError listing every problem."""
     raw = read_yaml(path) if path is not None else {}
-    if raw is None:
-        raw = {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
     return validate_recipe(raw, str(path or "recipe"))

@@ -74,9 +74,14 @@ def open_model(
     num_classes: int | None = None,
     trust: bool = False,
     names: bool = True,
+    arch_key: str | None = "--arch",
 ) -> Teacher:
     """Any model `compress inspect` / `export` / `distill` accept: a file in one of the formats above, or (with
-    `names`) a registered architecture name, built untrained with `num_classes` and `input_shape`'s channels."""
+    `names`) a registered architecture name, built untrained with `num_classes` and `input_shape`'s channels.
+
+    `arch` builds a state_dict; a compressor checkpoint names its own architecture, and an `arch` that says
+    another one is a UserError naming `arch_key` (the option or recipe key that gave it; None: `arch` is only a
+    default, not checked)."""
     path = Path(spec)
     if names and not path.exists():
         if is_registered(str(spec)):
@@ -99,6 +104,8 @@ def open_model(
         return Teacher(model, getattr(obj, "arch", type(obj).__name__), "pickled module",
                        input_shape=(first_conv_channels(model), None, None))
     if ckpt_io.is_compressor_checkpoint(obj):
+        if arch and arch_key:
+            check_checkpoint_arch(path, obj, arch, arch_key)
         return Teacher(
             ckpt_io.model_from_checkpoint(obj, path), obj["arch"], "compressor checkpoint", list(obj["classes"]),
             tuple(obj["mean"]), tuple(obj["std"]), (obj["input_shape"][0], None, None), len(obj["classes"]),
@@ -112,10 +119,25 @@ def open_model(
     return _from_state_dict(path, arch, state)
 
 
-def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False) -> Teacher:
+def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> None:
+    """A compressor checkpoint's architecture must be the `arch` the user gave: its `arch`, or for a pruned
+    student (a `pruned` channel plan over the base `arch`) also `<base>-pruned`, the name distill reports."""
+    own = ckpt["arch"]
+    pruned = ckpt.get("pruned") is not None
+    if arch == own or (pruned and arch == f"{own}-pruned"):
+        return
+    shown = f"{own}-pruned" if pruned else own
+    raise UserError(f"{path}: {arch_key} is {arch}, but this compressor checkpoint holds a {shown}; "
+                    f"set {arch_key} to {shown} or leave it out (the checkpoint names its own architecture)")
+
+
+def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False, arch_given: bool = True) -> Teacher:
     """The teacher for `compress distill`, checked against the recipe's data (classes, channels, size,
-    normalisation); a mismatch is a UserError that gives both values."""
-    teacher = open_model(path, arch=arch, input_shape=data.input_shape, trust=trust, names=False)
+    normalisation); a mismatch is a UserError that gives both values. `arch` is the recipe's teacher.arch: it
+    builds a state_dict, and must match a compressor checkpoint's own architecture when `arch_given` (the recipe
+    wrote it rather than leaving the default)."""
+    teacher = open_model(path, arch=arch, input_shape=data.input_shape, trust=trust, names=False,
+                         arch_key="teacher.arch" if arch_given else None)
     check_fits_data(teacher, data, Path(path))
     return teacher
 

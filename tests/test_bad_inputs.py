@@ -82,6 +82,36 @@ def malformed_yaml(tmp, teacher, images):
     return distill(teacher, recipe=bad, out=tmp / "o"), f"{bad}:4:"
 
 
+def empty_recipe(tmp, teacher, images):
+    empty = recipe_file(tmp, "")  # 0 bytes: a truncated copy or the wrong file, not "all defaults"
+    return distill(teacher, recipe=empty, out=tmp / "o"), f"{empty}: empty recipe file"
+
+
+def recipe_of_comments_only(tmp, teacher, images):
+    blank = recipe_file(tmp, "# name: x\n\n   \n# train: {epochs: 3}\n")  # YAML null, like an empty file
+    return ["recipe", "validate", blank], f"{blank}: empty recipe file"
+
+
+def unknown_teacher_arch(tmp, teacher, images):
+    args = distill(teacher, "--set", "teacher.arch=wrn-16-x", out=tmp / "o")
+    return args, "teacher.arch: unknown model 'wrn-16-x'"
+
+
+def unknown_student_arch(tmp, teacher, images):
+    return distill(teacher, "--student", "resnet1000", out=tmp / "o"), "student.arch: unknown model 'resnet1000'"
+
+
+def unknown_timm_arch(tmp, teacher, images):
+    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'compressor[timm]'")
+    args = ["recipe", "validate", RECIPE, "--set", "teacher.arch=timm:nonexistent"]
+    return args, "teacher.arch: unknown timm model 'nonexistent'"
+
+
+def multistep_without_milestones(tmp, teacher, images):
+    args = distill(teacher, "--set", "train.schedule=multistep", out=tmp / "o")  # it would train at a constant lr
+    return args, "train.milestones: required for schedule multistep"
+
+
 def unknown_key(tmp, teacher, images):
     return distill(teacher, "--set", "train.lrr=0.01", out=tmp / "o"), "train.lrr: unknown key; did you mean train.lr?"
 
@@ -181,6 +211,16 @@ def teacher_holds_a_tensor(tmp, teacher, images):
     return distill(tmp / "tensor.pt", out=tmp / "o"), "tensor.pt: neither a compressor checkpoint nor a state_dict"
 
 
+def teacher_of_another_arch(tmp, teacher, images):
+    args = distill(teacher, "--set", "teacher.arch=wrn-16-2", out=tmp / "o")  # the checkpoint holds a wrn-10-1
+    return args, "teacher.arch is wrn-16-2, but this compressor checkpoint holds a wrn-10-1"
+
+
+def export_arch_of_another_checkpoint(tmp, teacher, images):
+    args = ["export", teacher, "--arch", "resnet18", "--out", tmp / "m.onnx"]
+    return args, "--arch is resnet18, but this compressor checkpoint holds a wrn-10-1"
+
+
 def teacher_with_other_classes(tmp, teacher, images):
     image_folder(tmp / "folder", images, ["bag", "trouser", "tshirt"], ["bag", "trouser", "tshirt"])
     return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "the teacher has 10 classes, the data has 3"
@@ -259,11 +299,13 @@ def cuda_without_onnxruntime_cuda(tmp, teacher, images):
     return distill(teacher, "--device", "cuda", out=tmp / "o"), "device: cuda: onnxruntime has no CUDAExecutionProvider"
 
 
-CATALOGUE = [malformed_yaml, unknown_key, unknown_section, wrong_type, section_not_a_mapping, out_of_range,
-             infinite_value, bad_set_syntax, recipe_missing, data_root_missing, data_root_is_a_file,
+CATALOGUE = [malformed_yaml, empty_recipe, recipe_of_comments_only, unknown_teacher_arch, unknown_student_arch,
+             unknown_timm_arch, multistep_without_milestones, unknown_key, unknown_section, wrong_type,
+             section_not_a_mapping, out_of_range, infinite_value, bad_set_syntax, recipe_missing, data_root_missing, data_root_is_a_file,
              data_root_without_the_dataset, data_files_truncated, imagefolder_without_images,
              imagefolder_mismatched_classes, imagefolder_broken_image, teacher_missing, teacher_truncated,
-             teacher_not_a_checkpoint, teacher_holds_a_tensor, teacher_with_other_classes,
+             teacher_not_a_checkpoint, teacher_holds_a_tensor, teacher_of_another_arch,
+             export_arch_of_another_checkpoint, teacher_with_other_classes,
              teacher_with_other_channels, pairs_that_match_nothing, out_under_a_file, out_in_sysfs, out_is_a_file,
              out_holds_a_finished_run, out_holds_an_unfinished_run, train_out_not_writable, export_out_not_writable,
              export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda]
@@ -312,6 +354,61 @@ def test_every_recipe_problem_is_listed_by_the_script(tmp_path):
         f"error: {bad}: train.epochs: Input should be greater than 0",
         f"error: {bad}: train.lr: Input should be a valid number, unable to parse string as a number",
     ])
+
+
+def test_recipe_problems_are_found_before_any_work_by_the_script(tmp_path):
+    """An empty file and an architecture that does not exist: `recipe validate` says so, one line each, exit 2."""
+    empty = recipe_file(tmp_path, "")
+    r = run_cli("recipe", "validate", empty)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert errors(r.stderr) == [f"error: {empty}: empty recipe file (a recipe is a mapping of sections: data, "
+                                "teacher, student, ...)"]
+    r = run_cli("recipe", "validate", RECIPE, "--set", "teacher.arch=wrn-16-x", "--set", "student.arch=resnet1000")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = errors(r.stderr)
+    assert [ln.split(": ")[2] for ln in lines] == ["teacher.arch", "student.arch"], lines
+    assert "did you mean resnet101" in lines[1]
+    assert all("known: wrn-D-K" in ln and "torchvision" in ln and "timm:NAME" in ln for ln in lines), lines
+
+
+def test_teacher_arch_is_checked_only_where_it_is_given(tmp_path, small_teacher, cli):
+    """The recipe's default teacher.arch (wrn-16-2) does not refuse the wrn-10-1 checkpoint, the same name given
+    explicitly passes the check, another one fails it. The runs stop later on purpose, at pairs that match nothing
+    (after the teacher is loaded), so nothing trains."""
+    pairs = "distill.at.pairs=[{teacher: group9, student: group0}]"
+    for given in ([], ["--set", "teacher.arch=wrn-10-1"]):
+        r = cli(*distill(small_teacher, "--set", pairs, *given, out=tmp_path / "o"))
+        assert r.exit_code == 2, r.output
+        (line,) = errors(r.output)
+        assert line.startswith("error: distill.at.pairs: teacher point 'group9' matches no"), r.output
+    r = cli(*distill(small_teacher, "--set", pairs, "--set", "teacher.arch=wrn-16-1", out=tmp_path / "o"))
+    assert r.exit_code == 2 and errors(r.output) == [
+        f"error: {small_teacher}: teacher.arch is wrn-16-1, but this compressor checkpoint holds a wrn-10-1; set "
+        "teacher.arch to wrn-10-1 or leave it out (the checkpoint names its own architecture)"], r.output
+
+
+def test_a_pruned_checkpoint_answers_to_its_base_and_to_its_pruned_name(tmp_path, small_teacher, cli):
+    """A student grown from the teacher is saved as its base arch plus a channel plan, and reported as
+    `<base>-pruned`: --arch may give either; another architecture is refused."""
+    from compressor import checkpoint as ckpt_io
+    from compressor.models import create_model
+    from compressor.pruning import channel_plan, count_params, grow_student
+
+    model, ck = ckpt_io.load_model(small_teacher)
+    student, _ = grow_student(model, count_params(model) // 2, input_shape=(1, 28, 28), num_classes=10,
+                              criterion="magnitude")
+    plan = channel_plan(student, create_model("wrn-10-1", 10, 1))
+    meta = {k: ck[k] for k in ("classes", "mean", "std")}
+    ckpt_io.save(ckpt_io.model_checkpoint(student, arch="wrn-10-1", input_shape=(1, 28, 28), pruned=plan, **meta),
+                 tmp_path / "student.pt")
+    for arch in ("wrn-10-1", "wrn-10-1-pruned"):
+        r = cli("inspect", tmp_path / "student.pt", "--arch", arch)
+        assert r.exit_code == 0, r.output
+    r = cli("inspect", tmp_path / "student.pt", "--arch", "wrn-16-2")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert errors(r.output) == [f"error: {tmp_path}/student.pt: --arch is wrn-16-2, but this compressor checkpoint "
+                                "holds a wrn-10-1-pruned; set --arch to wrn-10-1-pruned or leave it out (the "
+                                "checkpoint names its own architecture)"], r.output
 
 
 # ---------------------------------------------------------------------------------------------- untrusted files

@@ -11,11 +11,104 @@ from compressor.errors import UserError
 from .conftest import ROOT
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests").glob("*.yaml")]),
+                         ids=lambda p: p.name)
 def test_every_shipped_recipe_validates(path, cli):
     r = cli("recipe", "validate", path)
     assert r.exit_code == 0, r.output
     assert load_recipe(path).name == path.stem
+
+
+@pytest.mark.parametrize("text", ["", "\n   \n", "# only a comment\n# train: {epochs: 3}\n", "null\n", "~\n"],
+                         ids=["0-bytes", "blank", "comments", "null", "tilde"])
+def test_an_empty_recipe_file_is_an_error(text, tmp_path, cli):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match="empty recipe file") as e:
+        load_recipe(path)
+    assert e.value.problems == [f"{path}: empty recipe file (a recipe is a mapping of sections: data, teacher, "
+                                "student, ...)"]
+    r = cli("recipe", "validate", path)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert [ln for ln in r.output.splitlines() if ln.startswith("error: ")] == [f"error: {e.value.problems[0]}"]
+
+
+@pytest.mark.parametrize("key, name, phrase", [
+    ("teacher.arch", "wrn-16-x", "unknown model 'wrn-16-x'"),
+    ("teacher.arch", "wrn-15-2", "wrn-15-2: depth must be 6n+4"),
+    ("student.arch", "resnet1000", "unknown model 'resnet1000'; did you mean resnet101"),
+    ("student.arch", "mobilenet_v3_smal", "did you mean mobilenet_v3_small"),
+    ("teacher.arch", "timm:nonexistent", "timm"),
+    ("student.arch", "wrn-16-1-pruned", "unknown model 'wrn-16-1-pruned'"),  # a pruned student is grown, not named
+])
+def test_architectures_that_do_not_exist_are_refused_by_validation(key, name, phrase, cli):
+    """Found when the recipe is read (no data loaded, nothing built), one line naming the key."""
+    with pytest.raises(UserError) as e:
+        load_recipe(ROOT / "tests/smoke.yaml", [f"{key}={name}"])
+    (problem,) = e.value.problems
+    assert problem.startswith(f"{key}: ") and phrase in problem, problem
+    r = cli("recipe", "validate", ROOT / "tests/smoke.yaml", "--set", f"{key}={name}")
+    assert r.exit_code == 2 and f"{key}: " in r.output and "Traceback" not in r.output
+
+
+def test_unknown_names_list_what_exists():
+    with pytest.raises(UserError) as e:
+        load_recipe(ROOT / "tests/smoke.yaml", ["teacher.arch=vgg-large"])
+    assert "known: wrn-D-K" in e.value.problems[0] and "torchvision" in e.value.problems[0]
+    assert "timm:NAME" in e.value.problems[0]
+
+
+@pytest.mark.parametrize("key, name", [
+    ("teacher.arch", "wrn-40-4"), ("student.arch", "wrn-10-0.5"), ("student.arch", "resnet18-w0.25"),
+    ("teacher.arch", "resnet50"), ("student.arch", "mobilenet_v3_small"), ("teacher.arch", "wrn-16-2-pruned"),
+])
+def test_architectures_that_exist_validate(key, name):
+    assert load_recipe(ROOT / "tests/smoke.yaml", [f"{key}={name}"]).model_dump()[key.split(".")[0]]["arch"] == name
+
+
+def test_timm_names_are_checked_against_timm():
+    pytest.importorskip("timm", reason="timm is an optional extra: pip install 'compressor[timm]'")
+    assert load_recipe(ROOT / "tests/smoke.yaml", ["teacher.arch=timm:test_resnet"]).teacher.arch == "timm:test_resnet"
+    with pytest.raises(UserError, match="teacher.arch: unknown timm model 'nonexistent'"):
+        load_recipe(ROOT / "tests/smoke.yaml", ["teacher.arch=timm:nonexistent"])
+
+
+def test_only_a_written_teacher_arch_counts_as_given(tmp_path):
+    """teacher.arch left out is the default; written in the file or with --set (even as the default's
+    text) it is given, and must then match a compressor checkpoint's own architecture (load_teacher)."""
+    from compressor.recipe import teacher_arch_given
+
+    smoke = load_recipe(ROOT / "tests/smoke.yaml")
+    assert smoke.teacher.arch == "wrn-16-2" and not teacher_arch_given(smoke)
+    assert teacher_arch_given(load_recipe(ROOT / "tests/smoke.yaml", ["teacher.arch=wrn-16-2"]))
+    assert teacher_arch_given(load_recipe(ROOT / "recipes/fashion_at.yaml"))
+
+
+def test_the_default_schedule_decays_and_multistep_needs_milestones(tmp_path):
+    from compressor.trainer import lr_factor
+
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("name: plain\n")
+    train = load_recipe(plain).train
+    assert train.schedule == "cosine"
+    factor = lr_factor(train, epochs=train.epochs, steps_per_epoch=10)
+    assert factor(0) == 1.0 and factor(15) == pytest.approx(0.5) and factor(30) == pytest.approx(0.0)
+    with pytest.raises(UserError) as e:
+        load_recipe(plain, ["train.schedule=multistep"])
+    assert e.value.problems == ["train.milestones: required for schedule multistep (e.g. [60, 120, 160]); or use "
+                                "schedule cosine or constant"]
+    stepped = load_recipe(plain, ["train.schedule=multistep", "train.milestones=[2]"]).train
+    assert [lr_factor(stepped, 3, 10)(s) for s in (19, 20)] == [1.0, pytest.approx(0.2)]
+    assert load_recipe(plain, ["train.schedule=constant"]).train.milestones == []
+
+
+def test_shipped_recipes_keep_their_schedules():
+    """Each names its schedule; the paper's CIFAR recipe steps at its milestones, the others anneal."""
+    schedules = {p.name: (load_recipe(p).train.schedule, load_recipe(p).train.milestones)
+                 for p in [*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests").glob("*.yaml")]}
+    assert schedules == {"cifar_at.yaml": ("multistep", [60, 120, 160]), "fashion_at.yaml": ("cosine", []),
+                         "fashion_teacher.yaml": ("cosine", []), "imagefolder_resnet_at.yaml": ("cosine", []),
+                         "smoke.yaml": ("cosine", [])}
 
 
 def test_overrides_are_parsed_as_yaml():

@@ -3,11 +3,15 @@ options, and hands a validated recipe to a plain function in `compressor.pipelin
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from . import ablate, distill, export, inspect, recipe, train, verify
+from .common import Command, Group, version_callback
 
 app = typer.Typer(
+    cls=Group,
     name="compress",
     help="Distil a small, fast CNN from a large one (attention transfer + KD), export it to ONNX, "
     "and prove its accuracy and latency with onnxruntime.",
@@ -16,13 +20,22 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("train")(train.train)
-app.command("distill")(distill.distill)
-app.command("export")(export.export)
-app.command("verify")(verify.verify)
-app.command("inspect")(inspect.inspect)
-app.command("ablate")(ablate.ablate)
+app.command("train", cls=Command)(train.train)
+app.command("distill", cls=Command)(distill.distill)
+app.command("export", cls=Command)(export.export)
+app.command("verify", cls=Command)(verify.verify)
+app.command("inspect", cls=Command)(inspect.inspect)
+app.command("ablate", cls=Command)(ablate.ablate)
 app.add_typer(recipe.app, name="recipe")
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=version_callback,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    # no docstring: Typer would show it instead of the app's help; --version acts in its callback, before commands
+    pass
 
 
 def main() -> None:

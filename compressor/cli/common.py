@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_USAGE, CompressorError
 from ..progress import console
@@ -21,6 +22,40 @@ SetOption = Annotated[
 ]
 DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: the recipe's, auto)")]
 RecipeOption = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML file.")]
+
+
+class _PlainFlags:
+    """Help lists an on/off flag as plain `--resume`, not `--resume <bool>` (Typer shows every option's type, a
+    flag's and --help's too, unless the option has a metavar; an empty one shows nothing)."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+class Command(_PlainFlags, TyperCommand):
+    """Every `compress` subcommand: a TyperCommand whose flags show without a type."""
+
+
+class Group(_PlainFlags, TyperGroup):
+    """`compress` and `compress recipe`: a TyperGroup whose flags (--help, --version) show without a type."""
+
+
+def version_callback(value: bool) -> None:
+    """`--version`: print `compress <version>` (the installed package's, else the source tree's) and exit 0."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("compressor")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from .. import __version__ as number
+    typer.echo(f"compress {number}")
+    raise typer.Exit(0)
 
 
 def handle_errors(fn):

@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from .common import SetOption, handle_errors
+from .common import Command, Group, SetOption, handle_errors
 
-app = typer.Typer(help="Check recipes, print the recipe JSON Schema.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="Check recipes, print the recipe JSON Schema.", no_args_is_help=True)
 
 
-@app.command("validate")
+@app.command("validate", cls=Command)
 @handle_errors
 def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe files.")],
@@ -35,7 +35,7 @@ def validate(
         raise UserError(*problems)
 
 
-@app.command("schema")
+@app.command("schema", cls=Command)
 @handle_errors
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""

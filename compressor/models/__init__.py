@@ -6,10 +6,10 @@ and its stride relative to the input. Attention transfer pairs these points betw
 A model without one (the other torchvision classifiers) gets its points from `features.candidate_points`.
 """
 
-from .registry import FeaturePoint, create_model, is_registered, list_models, register_model
+from .registry import FeaturePoint, check_arch, create_model, is_registered, list_models, register_model
 from . import resnet as _resnet  # noqa: F401  (registers the torchvision ResNets)
 from . import wrn as _wrn  # noqa: F401  (registers wrn-D-K)
 from . import torchvision_models as _tv  # noqa: F401  (every other torchvision classifier, by its name)
 from . import timm_models as _timm  # noqa: F401  (timm:NAME, with the optional timm package)
 
-__all__ = ["FeaturePoint", "create_model", "is_registered", "list_models", "register_model"]
+__all__ = ["FeaturePoint", "check_arch", "create_model", "is_registered", "list_models", "register_model"]

@@ -34,10 +34,9 @@ class Block(nn.Module):
 class WideResNet(nn.Module):
     def __init__(self, depth: int, width: float, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        if depth < 10 or (depth - 4) % 6:
-            raise UserError(f"wrn-{depth}-{width:g}: depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...)")
-        if width <= 0:
-            raise UserError(f"wrn-{depth}-{width:g}: width must be positive")
+        problem = wrn_problem(depth, width)
+        if problem:
+            raise UserError(problem)
         n = (depth - 4) // 6
         widths = [max(1, int(16 * width)), max(1, int(32 * width)), max(1, int(64 * width))]
         self.depth, self.width = depth, width
@@ -61,6 +60,19 @@ class WideResNet(nn.Module):
         return self.fc(x)
 
 
-@register_model(pattern=r"wrn-(\d+)-(\d+(?:\.\d+)?)", example="wrn-D-K")
+def wrn_problem(depth: int, width: float) -> str | None:
+    """Why `wrn-<depth>-<width>` is no wide residual network, or None."""
+    if depth < 10 or (depth - 4) % 6:
+        return f"wrn-{depth}-{width:g}: depth must be 6n+4 with n >= 1 (10, 16, 22, 28, 40, ...)"
+    if width <= 0:
+        return f"wrn-{depth}-{width:g}: width must be positive"
+    return None
+
+
+def _check(match) -> str | None:
+    return wrn_problem(int(match.group(1)), float(match.group(2)))
+
+
+@register_model(pattern=r"wrn-(\d+)-(\d+(?:\.\d+)?)", example="wrn-D-K", check=_check)
 def wrn(match, num_classes: int = 10, in_channels: int = 3) -> WideResNet:
     return WideResNet(int(match.group(1)), float(match.group(2)), num_classes, in_channels)
