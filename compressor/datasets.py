@@ -217,6 +217,27 @@ def _subset(split: Split, index: torch.Tensor) -> Split:
     return Split(split.images[index], split.labels[index])
 
 
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`n` indices drawn across the classes in proportion to their sizes, seeded, in ascending order.
+
+    For the images a run uses but does not need all of (limit_test, parity and calibration images): the first
+    N of a class-ordered split (an ImageFolder) would be the first classes only. Each class's images are taken
+    in a seeded random order and the classes interleaved by how far through their own class each image is, so
+    any prefix holds every class in proportion (a class of k images gets n*k/N of them, rounded).
+    """
+    labels = labels.cpu()
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    position = torch.empty(len(labels), dtype=torch.float64)  # (rank in its class + 0.5) / class size
+    for c in torch.unique(shuffled):
+        members = (shuffled == c).nonzero().flatten()
+        position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    pick = order[torch.sort(position, stable=True).indices[:n]]
+    return torch.sort(pick).values
+
+
 def load_data(cfg, seed: int = 0) -> DataBundle:
     """Load the recipe's dataset; hold out a seeded validation split of the training set.
 
@@ -241,7 +262,7 @@ def load_data(cfg, seed: int = 0) -> DataBundle:
     val = _subset(train, order[:n_val]) if n_val > 0 else None
     train = _subset(train, order[n_val:])
     if cfg.limit_test:
-        test = _subset(test, torch.arange(min(cfg.limit_test, len(test))))
+        test = _subset(test, stratified_indices(test.labels, cfg.limit_test, seed))
     if len(train) == 0:
         raise UserError("data.limit_train: no training images left after the validation split")
     mean, std = NORMALISATION[name]

@@ -32,3 +32,9 @@ class GateFailure(CompressorError):
     """The run finished but one or more verification gates failed: exit 1."""
 
     exit_code = EXIT_GATE
+
+
+class Interrupted(CompressorError):
+    """Ctrl-C or SIGTERM, with what was kept and how to go on: exit 130."""
+
+    exit_code = EXIT_INTERRUPTED

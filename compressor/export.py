@@ -135,13 +135,21 @@ def check_parity(
     session = session or create_session(onnx_path, device="cpu")
     images = images.detach().float().cpu().contiguous()  # (N, C, H, W)
 
+    if session.fixed_batch:  # a file exported with a fixed batch runs at that size only
+        batch_sizes = (session.fixed_batch,)
     per_batch: dict[str, float] = {}
-    agree, total = 0, 0
+    agree, total, scale = 0, 0, 0.0
     for b in batch_sizes:
         with torch.no_grad():
             expected = torch.cat([reference(chunk) for chunk in images.split(b)]).numpy()  # (N, classes)
         actual = onnx_predict(session, images, batch_size=b)  # (N, classes)
+        if actual.shape != expected.shape:
+            raise UserError(f"{onnx_path}: returns logits of shape {actual.shape[1:]} per batch; the model it is "
+                            f"checked against returns {expected.shape[1:]}")
         per_batch[str(b)] = float(np.abs(expected - actual).max())
+        scale = max(scale, float(np.abs(expected).max()))
         agree += int((expected.argmax(1) == actual.argmax(1)).sum())
         total += len(images)
-    return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch, "argmax_agree": agree / total}
+    # scale: the largest |logit|, for a tolerance relative to it (fp32 rounding grows with the values)
+    return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch, "argmax_agree": agree / total,
+            "scale": scale, "images": len(images)}

@@ -19,21 +19,38 @@ from .errors import UserError
 
 
 class FeatureTap:
-    """Forward hooks on named modules; `tap.outputs` holds their outputs from the latest forward, in order."""
+    """Forward hooks on named modules; `tap.outputs` holds their outputs from the latest forward, in order.
 
-    def __init__(self, model: nn.Module, paths: list[str]):
+    A hook is handed the module's output tensor itself; an in-place op after the module (a torchvision ResNet's
+    `ReLU(inplace=True)` after `layer1.0.bn2`) changes that tensor before a loss reads it. With `input_shape`, one
+    dry forward finds such points (`modified_in_place`) and the tap keeps a copy of their output instead;
+    `take` refuses an output that changed after its hook all the same, rather than return the wrong quantity.
+    """
+
+    def __init__(self, model: nn.Module, paths: list[str], input_shape: tuple[int, int, int] | None = None):
         modules = dict(model.named_modules())
         self.paths = list(paths)
+        self.clone = set(modified_in_place(model, self.paths, input_shape)) if input_shape else set()
         self.outputs: list[torch.Tensor | None] = [None] * len(paths)
+        self._versions: list[int | None] = [None] * len(paths)
         self._handles = [modules[p].register_forward_hook(self._hook(i)) for i, p in enumerate(paths)]
 
     def _hook(self, i: int):
+        copy = self.paths[i] in self.clone
+
         def hook(_module, _inputs, output):
+            if copy and isinstance(output, torch.Tensor):
+                output = output.clone()
             self.outputs[i] = output
+            self._versions[i] = output._version if isinstance(output, torch.Tensor) else None
 
         return hook
 
     def take(self) -> list[torch.Tensor]:
+        for path, out, version in zip(self.paths, self.outputs, self._versions):
+            if isinstance(out, torch.Tensor) and version is not None and out._version != version:
+                raise UserError(f"attention point {path}: its output was changed in place after the module ran "
+                                "(e.g. by ReLU(inplace=True)); pick the module whose output that op makes")
         out, self.outputs = self.outputs, [None] * len(self.paths)
         return out
 
@@ -41,6 +58,27 @@ class FeatureTap:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def modified_in_place(model: nn.Module, paths: list[str], input_shape: tuple[int, int, int]) -> list[str]:
+    """The `paths` whose output tensor a later in-place op changes during the forward (its version counter moves
+    after the hook saw it), found by one dry forward."""
+    modules = dict(model.named_modules())
+    seen: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def hook(path):
+        def record(_module, _inputs, output):
+            if isinstance(output, torch.Tensor):
+                seen[path] = (output, output._version)
+        return record
+
+    handles = [modules[p].register_forward_hook(hook(p)) for p in dict.fromkeys(paths)]
+    try:
+        _dry_forward(model, input_shape)
+    finally:
+        for h in handles:
+            h.remove()
+    return [p for p, (t, v) in seen.items() if t._version != v]
 
 
 @dataclass
@@ -252,7 +290,15 @@ def pair_explicit(pairs, teacher: list[Point], student: list[Point]) -> list[tup
                 f"matches {len(ss)} student points"
             )
             continue
-        out.extend(zip(ts, ss))
+        for t, s_ in zip(ts, ss):
+            flat = [f"{role} {p.module} {list(p.shape)}" for role, p in (("teacher", t), ("student", s_))
+                    if p.shape[1] * p.shape[2] == 1]
+            if flat:
+                problems.append(f"distill.at.pairs: {' and '.join(flat)} is 1x1: its attention map is the constant 1 "
+                                "and its loss 0 whatever the student does; pair an earlier point (or use a larger "
+                                "data.image_size)")
+            else:
+                out.append((t, s_))
     if problems:
         raise UserError(*problems)
     return out

@@ -48,7 +48,7 @@ def pick_images(labels: torch.Tensor, n: int = FIGURE_IMAGES) -> list[int]:
 @torch.no_grad()
 def attention_maps(model: nn.Module, x: torch.Tensor, paths: list[str], p: float, mapping: str) -> list[torch.Tensor]:
     """The model's attention map at each module path: [(N, H, W)] in eval mode, on the CPU."""
-    tap = FeatureTap(model, paths)
+    tap = FeatureTap(model, paths, tuple(x.shape[1:]))
     was_training = model.training
     try:
         model.eval()

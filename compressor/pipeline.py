@@ -15,15 +15,15 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from . import distributed
+from . import distributed, runlock
 from .datasets import Batches, DataBundle, Normalize, load_data
 from .device import environment, memory_format, resolve_device, seed_everything
-from .errors import GateFailure, UserError
-from .features import all_points, pair_auto, pair_explicit, probe_points
+from .errors import GateFailure, Interrupted, UserError
+from .features import all_points, modified_in_place, pair_auto, pair_explicit, probe_points
 from .fileio import remove_stale_temporaries, write_json, write_text
 from .models import create_model
 from .progress import TrainProgress, console
-from .recipe import Recipe
+from .recipe import Recipe, teacher_arch_given
 from .runtime import require_provider
 from .teachers import Teacher, load_teacher, open_model
 from .trainer import evaluate, fit
@@ -50,20 +50,96 @@ class RunPaths:
         return self.out / "metrics.jsonl"
 
 
-def _prepare_out_dir(out: Path, *, resume: bool, force: bool) -> None:
-    """Refuse to clobber a finished run or silently restart an unfinished one; never delete anything."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} exists and is not a directory")
+@dataclass
+class _Claim:
+    """This process's hold on an output: the lock, and whether the run created the folder (so a run refused
+    after set-up can remove what it made and nothing else)."""
+
+    lock: Path
+    fd: int
+    created: Path | None
+
+    def release(self, failed: bool) -> None:
+        runlock.release(self.lock, self.fd)
+        if failed and self.created is not None:
+            _remove_if_empty(self.created)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a folder this run created if nothing of substance is in it (only empty files and folders)."""
+    try:
+        entries = list(folder.rglob("*"))
+        if any(e.is_symlink() or (e.is_file() and e.stat().st_size > 0) or not (e.is_file() or e.is_dir())
+               for e in entries):
+            return
+        for e in sorted(entries, key=lambda e: len(e.parts), reverse=True):
+            e.unlink() if e.is_file() else e.rmdir()
+        folder.rmdir()
+    except OSError:  # someone else's file appeared, or permissions: leave it all
+        pass
+
+
+def _claim(folder: Path, lock_name: str, target: Path, check) -> _Claim:
+    """Create `folder` if needed and lock it for `target` (a second run into it refuses at once, naming this
+    one); then run `check` (what the folder already holds may refuse the run) under the lock."""
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out: {folder} exists and is not a directory")
+    created = None if folder.exists() else next((p for p in [folder, *folder.parents] if p.parent.exists()), folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out: cannot create {folder} ({e.strerror})") from None
+    claim = _Claim(folder / lock_name, -1, created)
+    try:
+        claim.fd = runlock.acquire(claim.lock, "--out", target)
+    except UserError:
+        if created is not None:
+            _remove_if_empty(created)
+        raise
+    try:
+        check()
+        _check_writable(folder)
+    except BaseException:
+        claim.release(failed=True)
+        raise
+    return claim
+
+
+def _claim_out_dir(out: Path, *, resume: bool, force: bool) -> _Claim:
+    """`distill`'s --out: locked, and a finished run is not clobbered nor an unfinished one silently restarted."""
+    return _claim(out, runlock.LOCK_NAME, out, lambda: _check_out_dir(out, resume=resume, force=force))
+
+
+def _claimed(claim: _Claim | None, body, state: Path):
+    """Run `body` holding `claim`; let go of it however body ends. Ctrl-C / SIGTERM outside the training loop
+    (which says it itself) becomes `Interrupted` saying how to go on from the training `state`, if any."""
+    ok = False
+    try:
+        result = body()
+        ok = True
+        return result
+    except GateFailure:
+        ok = True  # a finished run: every artifact is written
+        raise
+    except KeyboardInterrupt:
+        how = (f"{state} holds the training state: run the same command with --resume to go on from it (a finished "
+               "training is not repeated)" if state.exists() else "no training state was saved yet: run it again")
+        raise Interrupted(f"interrupted; files being written were discarded, finished ones are complete; {how}") from None
+    finally:
+        if claim is not None:
+            claim.release(failed=not ok)
+
+
+def _check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
     finished = (out / FINISHED_MARKER).exists()
     unfinished = (out / "train_state.pt").exists()
     if finished and not force and not resume:
         raise UserError(f"--out: {out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it")
     if unfinished and not finished and not resume and not force:
         raise UserError(f"--out: {out} holds an unfinished run; pass --resume to continue it or --force to start over")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--out: cannot create {out} ({e.strerror})") from None
+
+
+def _check_writable(out: Path) -> None:
     probe = out / ".compressor-write-test"
     try:
         probe.write_bytes(b"")
@@ -90,15 +166,21 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
     """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint."""
     if out.exists() and out.is_dir():
         raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
-    paths = RunPaths(out.parent)
     state_path = out.with_name(out.name + ".state")
     metrics_path = out.with_name(out.stem + ".metrics.jsonl")
-    if out.exists() and not force and not resume:
-        raise UserError(f"--out: {out} exists; pass --force to overwrite it")
-    if state_path.exists() and not resume and not force:
-        raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
+
+    def check() -> None:
+        if out.exists() and not force and not resume:
+            raise UserError(f"--out: {out} exists; pass --force to overwrite it")
+        if state_path.exists() and not resume and not force:
+            raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
+
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
-    distributed.on_main(_prepare_out_dir, paths.out, resume=True, force=True)
+    claim = distributed.on_main(_claim, out.parent, f".{out.name}.lock", out, check)
+    return _claimed(claim, lambda: _train_teacher(recipe, out, dev, state_path, metrics_path, resume), state_path)
+
+
+def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_path: Path, resume: bool) -> dict:
     distributed.on_main(_remove_leftovers, out.parent, (out.name, state_path.name, metrics_path.name))
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
@@ -161,12 +243,20 @@ def distill(
     require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
     parallel = distributed.describe(recipe.train)
-    distributed.on_main(_prepare_out_dir, out, resume=resume, force=force)
+    claim = distributed.on_main(_claim_out_dir, out, resume=resume, force=force)
+    return _claimed(claim, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher),
+                    paths.state)
+
+
+def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, started: float, resume: bool,
+             trust_teacher: bool) -> dict:
+    paths = RunPaths(out)
     distributed.on_main(_remove_leftovers, out, RUN_FILES)
     distributed.on_main(_remove_leftovers, out / "figures", FIGURE_FILES)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
-    teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher)
+    teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher,
+                           arch_given=teacher_arch_given(recipe))
     grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
     student, student_arch, sizing = grown.model, grown.arch, grown.sizing
     at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
@@ -180,6 +270,11 @@ def distill(
     )
     for t, s in point_pairs:
         console.print(f"  attention pair: teacher {t.module} {list(t.shape)} <-> student {s.module} {list(s.shape)}")
+    for role, model, points in (("teacher", teacher.model, [t for t, _ in point_pairs]),
+                                ("student", student, [s for _, s in point_pairs])):
+        for path in modified_in_place(model, [p.module for p in points], data.input_shape):
+            console.print(f"  {role} point {path}: a later in-place op (e.g. ReLU(inplace=True)) changes its output; "
+                          "the output as the module returns it is copied for the loss")
     initial_student = {k: v.detach().clone() for k, v in student.state_dict().items()}  # the "before" figure
     result = fit(
         student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
@@ -192,7 +287,7 @@ def distill(
     test_batches = _batches_for(data.test, data, dev, recipe)
     teacher_model = teacher.model.to(dev, memory_format=memory_format(recipe.train.channels_last))
     t_test = evaluate(teacher_model, test_batches, dev)
-    s_test = evaluate(result.model, test_batches, dev)
+    s_test = evaluate(result.model, test_batches, dev, predictions=True)
     ck = ckpt_io.model_checkpoint(
         result.model, **grown.checkpoint_fields(), classes=data.classes, input_shape=data.input_shape,
         mean=data.mean, std=data.std, dataset=data.name, kind="student",
@@ -236,8 +331,9 @@ def distill(
         },
     }
     report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
-    report.update(verify_student(result.model, teacher.model, data, recipe, out, report, dev))
-    report["environment"] = environment(dev)
+    report.update(verify_student(result.model, teacher.model, data, recipe, out, report, dev,
+                                 torch_predictions=s_test["predictions"]))
+    report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
     report["wall_seconds"] = time.perf_counter() - started
     report["passed"] = all(g["passed"] for g in report["gates"])
     from .figures import write_figures
@@ -266,8 +362,8 @@ def _fmt(v) -> str:
 
 
 def export_checkpoint(
-    path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4, input_shape: str | None = None,
-    arch: str | None = None, trust: bool = False,
+    path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4, rtol: float = 1e-5,
+    input_shape: str | None = None, arch: str | None = None, trust: bool = False, force: bool = False,
 ) -> dict:
     """`compress export`: a checkpoint to ONNX plus the parity check on real test images of its dataset.
 
@@ -275,9 +371,10 @@ def export_checkpoint(
     with the parity check on seeded random inputs of `input_shape` (or the shape the file records)."""
     from .export import check_parity, export_onnx
 
+    check_output(out, [path], force)
     teacher = open_model(path, arch=arch, input_shape=parse_shape(input_shape), trust=trust, names=False)
     if teacher.source != "compressor checkpoint":
-        return _export_model_file(path, teacher, out, opset=opset, max_abs_diff=max_abs_diff,
+        return _export_model_file(path, teacher, out, opset=opset, max_abs_diff=max_abs_diff, rtol=rtol,
                                   shape=parse_shape(input_shape))
     model, ck = ckpt_io.load_model(path)
     shape = tuple(ck["input_shape"])
@@ -291,13 +388,20 @@ def export_checkpoint(
     info["max_abs_diff"] = parity["max_abs_diff"]
     console.print(f"wrote {out} (opset {opset}, dynamic batch); max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} "
                   f"on {len(images)} {'test images' if ck.get('dataset') else 'random inputs'}")
-    if parity["max_abs_diff"] > max_abs_diff:
-        raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {max_abs_diff:g}; {out} does not "
-                          "compute what the checkpoint does")
+    info.update(parity_scale=parity["scale"], parity_tolerance=max_abs_diff + rtol * parity["scale"])
+    _parity_verdict(parity, out, "the checkpoint", max_abs_diff, rtol)
     return info
 
 
-def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, max_abs_diff: float, shape) -> dict:
+def _parity_verdict(parity: dict, out: Path, what: str, atol: float, rtol: float) -> None:
+    limit = atol + rtol * parity["scale"]
+    if parity["max_abs_diff"] > limit:
+        raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {limit:.3g} ({atol:g} + {rtol:g} x "
+                          f"largest |logit| {parity['scale']:.3g}); {out} does not compute what {what} does")
+
+
+def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, max_abs_diff: float, rtol: float,
+                       shape) -> dict:
     from .export import check_parity, export_onnx
     from .verify import PARITY_IMAGES
 
@@ -312,9 +416,8 @@ def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, m
     info["max_abs_diff"] = parity["max_abs_diff"]
     console.print(f"wrote {out} (opset {opset}, dynamic batch) from {teacher.source} {path}; "
                   f"max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} random inputs")
-    if parity["max_abs_diff"] > max_abs_diff:
-        raise GateFailure(f"gate max_abs_diff failed: {parity['max_abs_diff']:.3g} > {max_abs_diff:g}; {out} does not "
-                          f"compute what {path} does")
+    info.update(parity_scale=parity["scale"], parity_tolerance=max_abs_diff + rtol * parity["scale"])
+    _parity_verdict(parity, out, str(path), max_abs_diff, rtol)
     return info
 
 
@@ -332,51 +435,146 @@ def _parity_images(ck: dict, shape) -> torch.Tensor:
     return torch.randn(PARITY_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
 
 
-def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path) -> dict:
-    """`compress verify`: ONNX accuracy on the recipe's test split and latency, against a baseline if given."""
-    from .report import latency_table
-    from .runtime import check_onnx_file, create_session, latency_meta, measure_latency
-    from .verify import _latency_gates, gate, onnx_split_accuracy
+def check_output(out: Path, inputs: list[Path | None], force: bool) -> None:
+    """A command's output file: never one of its inputs (that would destroy what it reads), and an existing
+    regular file only with --force."""
+    for given in inputs:
+        if given is not None and given.exists() and out.exists() and out.resolve() == given.resolve():
+            raise UserError(f"--out: {out} is the input {given}; writing it would replace the file being read "
+                            "(give another --out)")
+    if out.is_dir():
+        raise UserError(f"--out: {out} is a directory; give a file name")
+    if out.is_file() and not force:  # a device (/dev/null) is written in place, nothing is replaced
+        raise UserError(f"--out: {out} exists; pass --force to overwrite it")
 
+
+def _metadata(session) -> dict[str, str]:
+    return dict(session.inner.get_modelmeta().custom_metadata_map or {})
+
+
+def _model_input(session, data: DataBundle) -> dict:
+    """What the model's own compressor.* metadata says it takes, checked against the recipe's data: the class
+    list and image shape must agree (else the scores would be meaningless); the normalisation it was trained
+    with is the one it is fed with. A model without metadata is fed the data's normalisation."""
+    meta, path = _metadata(session), session.path
+    try:
+        classes = json.loads(meta["compressor.classes"]) if "compressor.classes" in meta else None
+        shape = json.loads(meta["compressor.input_shape"]) if "compressor.input_shape" in meta else None
+        mean = tuple(json.loads(meta["compressor.mean"])) if "compressor.mean" in meta else None
+        std = tuple(json.loads(meta["compressor.std"])) if "compressor.std" in meta else None
+    except (ValueError, TypeError):
+        raise UserError(f"{path}: its compressor.* metadata is not valid JSON") from None
+    if classes is not None and list(classes) != list(data.classes):
+        raise UserError(f"{path}: was made for the classes {classes} (its metadata); the recipe's data has "
+                        f"{list(data.classes)}")
+    if shape is not None and tuple(shape) != tuple(data.input_shape):
+        raise UserError(f"{path}: takes {tuple(shape)} images (its metadata); the recipe's data has {data.input_shape}")
+    own = mean is not None and std is not None and len(mean) == len(std) == data.input_shape[0]
+    return {"mean": list(mean if own else data.mean), "std": list(std if own else data.std),
+            "normalisation": "model metadata" if own else "recipe data",
+            "arch": meta.get("compressor.arch"), "kind": meta.get("compressor.kind")}
+
+
+def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: dict, accepted: list[int],
+                      recipe: Recipe, trust: bool) -> dict:
+    """--reference: the ONNX file's logits against the checkpoint's on real test images across the classes."""
+    from .export import check_parity
+    from .verify import PARITY_IMAGES, parity_images
+
+    ref = open_model(reference, input_shape=data.input_shape, trust=trust, names=False)
+    if ref.source == "compressor checkpoint":
+        model, _ = ckpt_io.load_model(reference)
+    else:
+        model = ref.model
+    images = parity_images(data.test, data, recipe.seed, mean=fed["mean"], std=fed["std"])
+    sizes = tuple(b for b in (1, 17) if b in accepted) or (min(accepted),)
+    if max(sizes) > len(images):
+        raise UserError(f"{model_path}: its batch size {max(sizes)} is more than the {PARITY_IMAGES} parity images")
+    try:
+        parity = check_parity(model, model_path, images, batch_sizes=sizes)
+    except UserError:
+        raise
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--reference: {reference} cannot run on the recipe's {data.input_shape} images "
+                        f"({_first_line(e)})") from None
+    console.print(f"parity with {reference}: max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} "
+                  f"test images (largest |logit| {parity['scale']:.3g})")
+    return {**parity, "reference": str(reference)}
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path, reference: Path | None = None,
+                 force: bool = False, trust: bool = False) -> dict:
+    """`compress verify`: ONNX accuracy on the recipe's test split and latency, against a baseline if given, and
+    parity with the checkpoint it was exported from if `reference` is given.
+
+    Any ONNX image classifier a user brings is taken: one with a fixed batch is scored and timed at the batch
+    size it accepts; one that does not fit the data (image shape, class count, metadata) or does not run is
+    refused with one line (exit 2)."""
+    from .report import latency_table
+    from .runtime import check_onnx_file, create_session, latency_meta, measure_latencies, probe_classifier, speedups
+    from .verify import _latency_gates, accuracy_of, gate, onnx_split_predictions, parity_gate
+
+    check_output(out, [model_path, baseline, reference], force)
     check_onnx_file(model_path)
     if baseline is not None:
         check_onnx_file(baseline)
+    if reference is not None and not reference.is_file():
+        raise UserError(f"--reference: {reference}: no such file")
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     v = recipe.verify
-    result: dict = {"model": str(model_path), "baseline": str(baseline) if baseline else None}
+    result: dict = {"model": str(model_path), "baseline": str(baseline) if baseline else None,
+                    "reference": str(reference) if reference else None}
     sessions = {"student": create_session(model_path, threads=v.threads, device=recipe.device)}
     if baseline is not None:
         sessions["teacher"] = create_session(baseline, threads=v.threads, device=recipe.device)
-    _check_input(sessions, data)
-    accuracy, latency = {}, {**latency_meta(sessions["student"])}
+    eval_batch = 256
+    fed, runs = {}, {}
     for role, sess in sessions.items():
-        accuracy[role] = onnx_split_accuracy(sess, data.test, data)
-        latency[role] = measure_latency(sess, v.batch_sizes, data.input_shape, warmup=v.warmup, min_runs=v.min_runs,
-                                        min_seconds=v.min_seconds, seed=recipe.seed)
+        fed[role] = _model_input(sess, data)
+        runs[role] = probe_classifier(sess, data.input_shape, data.num_classes, [*v.batch_sizes, eval_batch])
+    accuracy = {}
+    for role, sess in sessions.items():
+        batch = eval_batch if eval_batch in runs[role]["accepted"] else max(runs[role]["accepted"])
+        predicted = onnx_split_predictions(sess, data.test, data, batch, mean=fed[role]["mean"], std=fed[role]["std"])
+        accuracy[role] = accuracy_of(predicted, data.test)
+    timed_sizes = [b for b in v.batch_sizes if all(b in r["accepted"] for r in runs.values())]
+    skipped = {str(b): next(r["refused"][str(b)] for r in runs.values() if str(b) in r["refused"])
+               for b in v.batch_sizes if b not in timed_sizes}
+    for b, why in skipped.items():
+        console.print(f"batch size {b}: not timed ({why})")
+    timed = measure_latencies(sessions, timed_sizes, data.input_shape, warmup=v.warmup, min_runs=v.min_runs,
+                              min_seconds=v.min_seconds, seed=recipe.seed, rounds=v.rounds if baseline else 1)
+    latency = {**latency_meta(sessions["student"]), "rounds": v.rounds if baseline else 1, **timed,
+               "skipped_batch_sizes": skipped}
     if baseline is not None:
-        latency["speedup"] = {b: latency["teacher"][b]["p50_ms"] / latency["student"][b]["p50_ms"] for b in latency["student"]}
+        latency["speedup"], latency["speedup_interval"] = speedups(timed["teacher"], timed["student"])
     gates = []
+    if reference is not None:
+        result["parity"] = _reference_parity(reference, model_path, data, fed["student"], runs["student"]["accepted"],
+                                             recipe, trust)
+        gates.append(parity_gate("max_abs_diff", result["parity"], v))
     if baseline is not None and v.max_accuracy_drop is not None:
         drop = accuracy["teacher"] - accuracy["student"]
         gates.append(gate("max_accuracy_drop", v.max_accuracy_drop, drop, drop <= v.max_accuracy_drop))
     gates += _latency_gates(v, latency)
+    device = "cuda" if sessions["student"].provider == "CUDAExecutionProvider" else "cpu"  # where the sessions ran
     result.update(accuracy={("baseline" if k == "teacher" else "model"): a for k, a in accuracy.items()},
-                  test_images=len(data.test), latency=latency, gates=gates,
-                  passed=all(g["passed"] for g in gates), environment=environment(torch.device("cpu")))
+                  test_images=len(data.test), input={("baseline" if k == "teacher" else "model"): f for k, f in fed.items()},
+                  batch_sizes={("baseline" if k == "teacher" else "model"): r for k, r in runs.items()},
+                  latency=latency, gates=gates, passed=all(g["passed"] for g in gates),
+                  environment={**environment(torch.device("cpu")), "device": device,
+                               "onnxruntime_provider": sessions["student"].provider})
     write_json(out, result)
     latency_table(result)
     console.print(f"wrote {out}")
     _raise_failed(gates)
     return result
-
-
-def _check_input(sessions: dict, data: DataBundle) -> None:
-    for role, sess in sessions.items():
-        dims = sess.inner.get_inputs()[0].shape  # [N, C, H, W] with symbolic or fixed entries
-        fixed = [d for d in dims[1:] if isinstance(d, int)]
-        if len(fixed) == 3 and tuple(fixed) != tuple(data.input_shape):
-            raise UserError(f"{sess.path}: takes inputs of shape {tuple(fixed)}, the recipe's data has {data.input_shape}")
 
 
 def parse_shape(text: str | None, flag: str = "--input-shape") -> tuple[int, int, int] | None:

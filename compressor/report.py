@@ -17,6 +17,10 @@ def _n(x: float | int | None) -> str:
     return f"{x:.0f}"
 
 
+def _x(x) -> str:
+    return "–" if x is None else f"{x:.2f}x"
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{x:.2f}%"
 
@@ -43,11 +47,14 @@ def summary_rows(report: dict) -> dict[str, list[list[str]]]:
     if grown is not None:  # the student grown from the teacher: where distillation started from
         models.insert(4, ["accuracy right after pruning (PyTorch)", "", _pct(grown)])
     lat = report.get("latency", {})
-    latency = [["batch", "teacher p50 ms", "student p50 ms", "student p90 ms", "student p99 ms", "student img/s", "speedup"]]
+    latency = [["batch", "teacher p50 ms", "student p50 ms", "student p90 ms", "student p99 ms", "student img/s", "speedup",
+                "speedup range over rounds"]]
     for b, row in lat.get("student", {}).items():
         tr = lat["teacher"].get(b, {})
+        lo, hi = lat.get("speedup_interval", {}).get(b, [None, None])
         latency.append([b, f"{tr.get('p50_ms', float('nan')):.3f}", f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}",
-                        f"{row['p99_ms']:.3f}", f"{row['throughput']:.0f}", f"{lat['speedup'][b]:.2f}x"])
+                        f"{row['p99_ms']:.3f}", f"{row['throughput']:.0f}", _x(lat.get("speedup", {}).get(b)),
+                        "–" if lo is None else f"{lo:.2f}–{hi:.2f}x"])
     gates = [["gate", "limit", "value", "result"]]
     gates += [[g["name"], _val(g["limit"]), _val(g["value"]), "pass" if g["passed"] else "FAIL"] for g in report.get("gates", [])]
     return {"models": models, "latency": latency, "gates": gates}
@@ -118,8 +125,9 @@ def render_markdown(report: dict) -> str:
     if "int8" in report:
         q = report["int8"]
         parts += ["", "## int8", "", f"- accuracy {q['accuracy']:.2f}% (fp32 {report['student']['onnx_accuracy']:.2f}%)",
-                  "- p50 ms int8 / fp32: " + ", ".join(
-                      f"batch {b}: {q['latency'][b]['p50_ms']:.3f} / {lat['student'][b]['p50_ms']:.3f}" for b in q["latency"]),
+                  f"- p50 ms int8 / fp32 (both {q.get('provider', 'CPUExecutionProvider')}, alternating rounds): " + ", ".join(
+                      f"batch {b}: {q['latency'][b]['p50_ms']:.3f} / {q.get('fp32_latency', lat['student'])[b]['p50_ms']:.3f}"
+                      for b in q["latency"]),
                   f"- {q['decision']}"]
     env = report.get("environment", {})
     parts += ["", f"_{env.get('cpu', '')}; torch {env.get('torch', '')}, onnxruntime {env.get('onnxruntime', '')}._", ""]
@@ -156,7 +164,8 @@ def latency_table(result: dict) -> None:
         cells = [b, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['mean_ms']:.3f}",
                  f"{row['throughput']:.0f}"]
         if "teacher" in lat:
-            cells += [f"{lat['teacher'][b]['p50_ms']:.3f}", f"{lat['speedup'][b]:.2f}x"]
+            tr = lat["teacher"].get(b)
+            cells += [f"{tr['p50_ms']:.3f}" if tr else "–", _x(lat["speedup"].get(b))]
         table.add_row(*cells)
     console.print(table)
     acc = result["accuracy"]

@@ -118,6 +118,7 @@ class Session:
     graph_optimization: str  # a key of OPTIMIZATION_LEVELS
     input_name: str
     output_name: str
+    fixed_batch: int | None = None  # the batch size the file was exported with, if it is not dynamic
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 -> (B, classes) logits."""
@@ -158,7 +159,9 @@ def create_session(
     options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
     options.intra_op_num_threads = threads or _available_cpus()
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to a user
-    providers = [CUDA, CPU] if has_cuda and device != "cpu" else [CPU]
+    # TF32 off on CUDA, as PyTorch's evaluation has it: TF32 rounds convolution inputs to 10-bit mantissas and
+    # flips near-tied images, so the ONNX and PyTorch accuracies would disagree for no fault of the export
+    providers = [(CUDA, {"use_tf32": 0}), CPU] if has_cuda and device != "cpu" else [CPU]
     try:
         inner = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except _ORT_LOAD_ERRORS as e:
@@ -174,7 +177,13 @@ def create_session(
         graph_optimization=optimization,
         input_name=inner.get_inputs()[0].name,
         output_name=inner.get_outputs()[0].name,
+        fixed_batch=_fixed(inner.get_inputs()[0].shape[0]),
     )
+
+
+def _fixed(dim) -> int | None:
+    """An ONNX dimension that is a positive number (not a symbol, not unknown)."""
+    return dim if isinstance(dim, int) and dim > 0 else None
 
 
 def _as_float32(images) -> np.ndarray:
@@ -185,9 +194,63 @@ def _as_float32(images) -> np.ndarray:
 
 
 def onnx_predict(session: Session, images, batch_size: int = 256) -> np.ndarray:
-    """(N, C, H, W) normalised images -> (N, classes) logits, run in chunks of `batch_size`."""
+    """(N, C, H, W) normalised images -> (N, classes) logits, run in chunks of `batch_size` (of the model's own
+    batch size when it has a fixed one: the last chunk is padded with zeros and the padding's rows dropped)."""
     images = _as_float32(images)
-    return np.concatenate([session.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    b = session.fixed_batch or batch_size
+    out = []
+    for i in range(0, len(images), b):
+        chunk = images[i : i + b]
+        if session.fixed_batch and len(chunk) < b:
+            pad = np.zeros((b - len(chunk), *chunk.shape[1:]), dtype=np.float32)
+            out.append(session.run(np.concatenate([chunk, pad]))[: len(chunk)])
+        else:
+            out.append(session.run(chunk))
+    return np.concatenate(out)
+
+
+def probe_classifier(session: Session, input_shape: tuple[int, int, int], num_classes: int,
+                     batch_sizes: Iterable[int]) -> dict:
+    """Prove `session` is an image classifier for this data, and find which of `batch_sizes` it runs at.
+
+    A model someone else exported may have a fixed batch (torchvision's default export: 1), an image size or a
+    class count other than the data's, or fail only when run. Returns {"accepted": [...], "refused":
+    {batch: why}}; raises UserError (one line) when the model cannot be used at all.
+    """
+    name = session.path
+    dims = session.inner.get_inputs()[0].shape  # [N, C, H, W], entries numbers or symbols
+    for axis, (dim, want) in enumerate(zip(dims[1:], input_shape)):
+        if _fixed(dim) and dim != want:
+            raise UserError(f"{name}: takes inputs of shape {tuple(_fixed(d) or '?' for d in dims[1:])} "
+                            f"(C, H, W); the recipe's data has {tuple(input_shape)}")
+    out_dims = session.inner.get_outputs()[0].shape
+    if out_dims and len(out_dims) != 2:
+        raise UserError(f"{name}: output '{session.output_name}' has rank {len(out_dims)}; a classifier returns "
+                        "(N, classes) logits")
+    if out_dims and _fixed(out_dims[1]) and out_dims[1] != num_classes:
+        raise UserError(f"{name}: outputs {out_dims[1]} classes; the recipe's data has {num_classes}")
+    rng = np.random.default_rng(0)
+    accepted, refused = [], {}
+    for b in sorted(set(batch_sizes)):
+        if session.fixed_batch and b != session.fixed_batch:
+            refused[str(b)] = f"the model has a fixed batch size of {session.fixed_batch}"
+            continue
+        try:
+            y = session.run(rng.standard_normal((b, *input_shape), dtype=np.float32))
+        except (*_ORT_LOAD_ERRORS, RuntimeError, ValueError) as e:
+            refused[str(b)] = f"onnxruntime cannot run it ({_first_line(e)})"
+            continue
+        if y.ndim != 2 or y.shape[1] != num_classes:
+            raise UserError(f"{name}: returns an output of shape {tuple(y.shape)} for a batch of {b}; a classifier "
+                            f"of the recipe's data returns ({b}, {num_classes})")
+        if y.shape[0] != b:
+            refused[str(b)] = f"it returns {y.shape[0]} rows for a batch of {b}"
+            continue
+        accepted.append(b)
+    if not accepted:
+        first = next(iter(refused.items()))
+        raise UserError(f"{name}: cannot be run on ({first[0]}, {', '.join(map(str, input_shape))}) inputs: {first[1]}")
+    return {"accepted": accepted, "refused": refused}
 
 
 def onnx_accuracy(session: Session, images, labels, batch_size: int = 256) -> float:
@@ -226,6 +289,7 @@ def measure_latency(
     min_runs: int = 100,  # enough for a stable p99
     min_seconds: float = 1.0,  # and long enough to span scheduler and frequency noise
     seed: int = 0,
+    rounds: int = 1,
 ) -> dict[str, dict]:
     """Time one forward pass per batch size; returns {"<batch>": {p50_ms, p90_ms, p99_ms, mean_ms, ...}}.
 
@@ -233,32 +297,82 @@ def measure_latency(
     pixel values, and a fixed input makes runs comparable. Each run is timed alone with perf_counter,
     so percentiles are of single calls. Throughput (images/s) is derived from the median.
     """
+    return measure_latencies({"model": session}, batch_sizes, input_shape, warmup=warmup, min_runs=min_runs,
+                             min_seconds=min_seconds, seed=seed, rounds=rounds)["model"]
+
+
+def measure_latencies(
+    sessions: dict[str, Session],
+    batch_sizes: Iterable[int],
+    input_shape: tuple[int, int, int],
+    *,
+    warmup: int = 10,
+    min_runs: int = 100,
+    min_seconds: float = 1.0,
+    seed: int = 0,
+    rounds: int = 5,
+) -> dict[str, dict[str, dict]]:
+    """Time several models in alternating rounds: {role: {"<batch>": stats}}, stats as `measure_latency`'s plus
+    `round_p50_ms` (the median of each round).
+
+    Timing one model entirely before the other lets clock drift, turbo and neighbours bias their ratio; in
+    rounds (A B, B A, A B, ...) both meet the same conditions, and the rounds' spread is the ratio's interval
+    (`speedups`). Each model gets `min_runs` calls and `min_seconds` per batch size in all, split over the rounds.
+    """
     rng = np.random.default_rng(seed)
-    results: dict[str, dict] = {}
+    roles = list(sessions)
+    per_round_runs = max(1, -(-min_runs // rounds))
+    per_round_seconds = min_seconds / rounds
+    results: dict[str, dict[str, dict]] = {role: {} for role in roles}
     for b in batch_sizes:
         batch = rng.standard_normal((b, *input_shape), dtype=np.float32)  # (B, C, H, W)
-        run = _runner(session, batch)
-        for _ in range(warmup):
-            run()
-        times = []
-        start = time.perf_counter()
-        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-        ms = np.array(times) * 1000.0
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        results[str(b)] = {
-            "p50_ms": float(p50),
-            "p90_ms": float(p90),
-            "p99_ms": float(p99),
-            "mean_ms": float(ms.mean()),
-            "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
-            "min_ms": float(ms.min()),
-            "runs": len(ms),
-            "throughput": float(b / (p50 / 1000.0)),
-        }
+        runners = {role: _runner(sessions[role], batch) for role in roles}
+        for run in runners.values():
+            for _ in range(warmup):
+                run()
+        times: dict[str, list[float]] = {role: [] for role in roles}
+        medians: dict[str, list[float]] = {role: [] for role in roles}
+        for r in range(rounds):
+            for role in roles if r % 2 == 0 else roles[::-1]:
+                run, got = runners[role], []
+                run()  # one untimed call: the other model ran last and left its data in the caches
+                start = time.perf_counter()
+                while len(got) < per_round_runs or time.perf_counter() - start < per_round_seconds:
+                    t0 = time.perf_counter()
+                    run()
+                    got.append(time.perf_counter() - t0)
+                times[role] += got
+                medians[role].append(float(np.median(got) * 1000.0))
+        for role in roles:
+            results[role][str(b)] = {**_stats(np.array(times[role]) * 1000.0, b), "round_p50_ms": medians[role]}
     return results
+
+
+def _stats(ms: np.ndarray, b: int) -> dict:
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+        "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        "min_ms": float(ms.min()),
+        "runs": len(ms),
+        "throughput": float(b / (p50 / 1000.0)),
+    }
+
+
+def speedups(slow: dict[str, dict], fast: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """`slow`'s p50 over `fast`'s per batch size, and its interval: the lowest and highest ratio of one round's
+    medians (both measured by `measure_latencies` in the same rounds)."""
+    ratio, interval = {}, {}
+    for b in fast:
+        if b not in slow:
+            continue
+        ratio[b] = slow[b]["p50_ms"] / fast[b]["p50_ms"]
+        rounds = [t / s for t, s in zip(slow[b].get("round_p50_ms", []), fast[b].get("round_p50_ms", []))]
+        interval[b] = [min(rounds), max(rounds)] if rounds else [ratio[b], ratio[b]]
+    return ratio, interval
 
 
 def latency_meta(session: Session) -> dict:

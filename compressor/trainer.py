@@ -30,7 +30,7 @@ from . import checkpoint as ckpt_io
 from . import distributed
 from .datasets import Batches, DataBundle, Normalize
 from .device import amp_dtype, autocast, channels_last_safe, memory_format
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CompressorError, UserError
+from .errors import EXIT_USAGE, CompressorError, Interrupted, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
 from .fastpath import fold_batchnorm
 from .features import FeatureTap
@@ -40,10 +40,6 @@ from .progress import TrainProgress, console
 from .recipe import Recipe
 
 STATE_FORMAT = "compressor.train_state/1"
-
-
-class Interrupted(CompressorError):
-    exit_code = EXIT_INTERRUPTED
 
 
 class Diverged(CompressorError):
@@ -61,7 +57,7 @@ class FitResult:
     history: list[dict]
     train_seconds: float
     images_per_second: float
-    resumed_from: int | None = None
+    resumed_from: int | None = None  # 1-based epoch --resume went on from (the last one if training had finished)
     extra: dict = field(default_factory=dict)
 
 
@@ -96,8 +92,9 @@ def build_optimizer(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=None) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode.
+def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=None, predictions: bool = False) -> dict:
+    """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode; with `predictions`, also
+    every image's top-1 class (a CPU tensor, in the split's order).
 
     Without `dtype` (the final numbers, compared with onnxruntime's fp32 ones) CUDA convolutions run in full
     fp32: cuDNN's default TF32 would round their inputs to 10-bit mantissas and flip near-tied images.
@@ -106,25 +103,31 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=Non
     if dtype is None and device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
     try:
-        return _evaluate(model, batches, device, dtype)
+        return _evaluate(model, batches, device, dtype, predictions)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
-def _evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype) -> dict:
+def _evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype, predictions: bool) -> dict:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
-    n = 0
+    n, predicted = 0, []
     for x, y in batches:
         with autocast(device, dtype):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        top1 = logits.argmax(1)
+        correct += (top1 == y).sum()
+        if predictions:
+            predicted.append(top1)
         n += len(y)
     model.train(was_training)
-    return {"accuracy": 100.0 * correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "images": n}
+    out = {"accuracy": 100.0 * correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "images": n}
+    if predictions:
+        out["predictions"] = torch.cat(predicted).cpu() if predicted else torch.zeros(0, dtype=torch.long)
+    return out
 
 
 class _StopFlag:
@@ -345,8 +348,9 @@ def fit(
         # output is an attention point keeps its BN
         teacher = fold_batchnorm(teacher, keep=[p[1] for p in pairs])
     use_taps = use_at or bool(extra and extra.uses_features)
-    s_tap = FeatureTap(model, [p[2] for p in pairs]) if use_taps else None
-    t_tap = FeatureTap(teacher, [p[1] for p in pairs]) if use_taps else None
+    # the shape lets each tap find points whose output a later in-place op changes, and copy those
+    s_tap = FeatureTap(model, [p[2] for p in pairs], data.input_shape) if use_taps else None
+    t_tap = FeatureTap(teacher, [p[1] for p in pairs], data.input_shape) if use_taps else None
     if teacher is not None:
         teacher.to(device=device, memory_format=fmt).eval()
         for p_ in teacher.parameters():
@@ -381,7 +385,7 @@ def fit(
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
-        resumed_from = start_epoch + 1
+        resumed_from = start_epoch + 1 if start_epoch < epochs else epochs  # a finished training: its last epoch
         if start_epoch < epochs:
             console.print(f"resuming from epoch {start_epoch + 1} step {start_step} of {state_path}")
         else:

@@ -53,7 +53,7 @@ def test_export_fails_when_the_onnx_graph_is_altered(teacher_ckpt, tmp_path, cli
 
 
 def test_export_parity_gate_exits_1(teacher_ckpt, tmp_path, cli):
-    r = cli("export", teacher_ckpt, "--out", tmp_path / "t.onnx", "--max-abs-diff", "1e-12")
+    r = cli("export", teacher_ckpt, "--out", tmp_path / "t.onnx", "--max-abs-diff", "1e-12", "--parity-rtol", "0")
     assert r.exit_code == 1
     assert "gate max_abs_diff failed" in r.output
     assert (tmp_path / "t.onnx").is_file()  # the artifact is still written

@@ -18,7 +18,11 @@ def export(
     ))],
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-    max_abs_diff: Annotated[float, typer.Option("--max-abs-diff", help="Parity tolerance (exit 1 above it).")] = 1e-4,
+    max_abs_diff: Annotated[float, typer.Option("--max-abs-diff", help="Parity tolerance's absolute part: exit 1 above "
+                                                "max-abs-diff + parity-rtol x the largest |logit|.")] = 1e-4,
+    parity_rtol: Annotated[float, typer.Option("--parity-rtol", help="Parity tolerance's part relative to the "
+                                               "logits' scale.")] = 1e-5,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
     input_shape: Annotated[
         Optional[str], typer.Option("--input-shape", help="C,H,W, for files that do not record it (TorchScript, state_dict).")
     ] = None,
@@ -30,5 +34,9 @@ def export(
     """Export a model to one self-contained ONNX file and prove PyTorch/onnxruntime parity."""
     from ..pipeline import export_checkpoint
 
-    export_checkpoint(checkpoint, out, opset=opset, max_abs_diff=max_abs_diff, input_shape=input_shape, arch=arch,
-                      trust=trust_teacher)
+    from ..errors import UserError
+
+    if max_abs_diff <= 0 or parity_rtol < 0:
+        raise UserError("--max-abs-diff must be > 0 and --parity-rtol >= 0")
+    export_checkpoint(checkpoint, out, opset=opset, max_abs_diff=max_abs_diff, rtol=parity_rtol, input_shape=input_shape,
+                      arch=arch, trust=trust_teacher, force=force)
