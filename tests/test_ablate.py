@@ -52,7 +52,7 @@ def test_ablate_through_the_cli(teacher_ckpt, tmp_path):
     reused = {(m["method"], run["seed"]): run["reused"] for m in again["methods"] for run in m["runs"]}
     assert reused.pop(("f-actt", 1)) is False and all(reused.values())
     resumed = json.loads((out / "f-actt" / "seed1" / "report.json").read_text())
-    assert resumed["distillation"]["resumed_from_epoch"] == 2  # training was already complete: not redone
+    assert resumed["distillation"]["resumed_from_epoch"] == 1  # its 1 epoch was already complete: not redone
 
     # other settings in the same --out: refused before anything is overwritten
     before = (out / "ablation.json").read_text()

@@ -266,6 +266,79 @@ def out_holds_an_unfinished_run(tmp, teacher, images):
     return distill(teacher, out=tmp / "run"), "holds an unfinished run; pass --resume to continue it or --force"
 
 
+def out_in_use_by_another_run(tmp, teacher, images):
+    """Another run holds --out's lock (here this test process itself; flock locks are per open file)."""
+    from compressor import runlock
+
+    (tmp / "run").mkdir()
+    _HELD.append(runlock.acquire(tmp / "run" / runlock.LOCK_NAME, "--out", tmp / "run"))
+    return distill(teacher, out=tmp / "run"), f"{tmp / 'run'} is in use by another run (pid {os.getpid()} on"
+
+
+def train_out_in_use_by_another_run(tmp, teacher, images):
+    from compressor import runlock
+
+    _HELD.append(runlock.acquire(tmp / ".teacher.pt.lock", "--out", tmp / "teacher.pt"))
+    return ["train", "--recipe", RECIPE, "--out", tmp / "teacher.pt", *FAST], "teacher.pt is in use by another run"
+
+
+_HELD: list[int] = []  # lock descriptors the cases above hold until the test ends
+
+
+def _onnx_of(teacher: Path, path: Path) -> Path:
+    from compressor.checkpoint import load_model
+    from compressor.export import export_onnx
+
+    model, ck = load_model(teacher)
+    export_onnx(model, path, input_shape=tuple(ck["input_shape"]))
+    return path
+
+
+def export_out_is_its_input(tmp, teacher, images):
+    copy = tmp / "t.pt"
+    copy.write_bytes(teacher.read_bytes())
+    return ["export", copy, "--out", copy, "--force"], "t.pt is the input"
+
+
+def export_out_exists(tmp, teacher, images):
+    (tmp / "m.onnx").write_bytes(b"someone's model")
+    return ["export", teacher, "--out", tmp / "m.onnx"], "m.onnx exists; pass --force to overwrite it"
+
+
+def verify_out_is_the_model(tmp, teacher, images):
+    model = _onnx_of(teacher, tmp / "m.onnx")
+    return ["verify", model, "--recipe", RECIPE, "--out", model, *FAST], "m.onnx is the input"
+
+
+def verify_out_is_the_baseline(tmp, teacher, images):
+    model = _onnx_of(teacher, tmp / "m.onnx")
+    return (["verify", model, "--recipe", RECIPE, "--baseline", model, "--out", tmp / "m.onnx", "--force", *FAST],
+            "m.onnx is the input")
+
+
+def verify_result_exists(tmp, teacher, images):
+    model = _onnx_of(teacher, tmp / "m.onnx")
+    (tmp / "m.verify.json").write_text("{}\n")
+    return ["verify", model, "--recipe", RECIPE, *FAST], "m.verify.json exists; pass --force"
+
+
+def verify_model_of_other_image_size(tmp, teacher, images):
+    import onnx
+
+    model = _onnx_of(teacher, tmp / "m.onnx")
+    proto = onnx.load(model)
+    entry = proto.metadata_props.add()  # what a compressor export of a 32x32 model records
+    entry.key, entry.value = "compressor.input_shape", "[1, 32, 32]"
+    onnx.save(proto, model)
+    return ["verify", model, "--recipe", RECIPE, "--out", tmp / "v.json", *FAST], "takes (1, 32, 32) images (its metadata)"
+
+
+def verify_reference_missing(tmp, teacher, images):
+    model = _onnx_of(teacher, tmp / "m.onnx")
+    args = ["verify", model, "--recipe", RECIPE, "--reference", tmp / "nope.pt", "--out", tmp / "v.json", *FAST]
+    return args, "--reference: " + str(tmp / "nope.pt") + ": no such file"
+
+
 def train_out_not_writable(tmp, teacher, images):
     (tmp / "file").write_text("a regular file\n")
     args = ["train", "--recipe", RECIPE, "--out", tmp / "file" / "teacher.pt", *FAST]
@@ -308,7 +381,10 @@ CATALOGUE = [malformed_yaml, empty_recipe, recipe_of_comments_only, unknown_teac
              export_arch_of_another_checkpoint, teacher_with_other_classes,
              teacher_with_other_channels, pairs_that_match_nothing, out_under_a_file, out_in_sysfs, out_is_a_file,
              out_holds_a_finished_run, out_holds_an_unfinished_run, train_out_not_writable, export_out_not_writable,
-             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda]
+             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda,
+             out_in_use_by_another_run, train_out_in_use_by_another_run, export_out_is_its_input, export_out_exists,
+             verify_out_is_the_model, verify_out_is_the_baseline, verify_result_exists, verify_model_of_other_image_size,
+             verify_reference_missing]
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=lambda f: f.__name__)
@@ -316,7 +392,11 @@ def test_bad_input_exits_2_with_one_line_per_problem(case, tmp_path, small_teach
     monkeypatch.delenv("COMPRESSOR_DEBUG", raising=False)
     args, phrase = case(tmp_path, small_teacher, images)
     before = snapshot(tmp_path, small_teacher)
-    r = cli(*args)
+    try:
+        r = cli(*args)
+    finally:
+        while _HELD:  # the locks a case held for "another run"
+            os.close(_HELD.pop())
     assert r.exit_code == 2, r.output
     lines = errors(r.output)
     assert any(phrase in ln for ln in lines), r.output
