@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .streaming import FileSplit
 
 # Per-dataset channel statistics (of the training split, pixel values scaled to [0, 1]); stored with every
 # checkpoint and ONNX file so the deployed model is fed exactly what it was trained on.
@@ -50,8 +51,25 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # (C, H, W)
+
     def to(self, device: torch.device) -> "Split":
         return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+    def take(self, index: torch.Tensor) -> "Split":
+        """These images, as a Split on the CPU (the same call decodes them on the streaming path)."""
+        index = index.to(self.images.device)
+        return Split(self.images[index].cpu(), self.labels[index].cpu())
+
+    def chunks(self, batch_size: int, workers: int | None = None):
+        """(uint8 images, labels) batches in order."""
+        for i in range(0, len(self), batch_size):
+            yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
 
 
 @dataclass
@@ -67,7 +85,11 @@ class DataBundle:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])  # (C, H, W)
+        return self.train.shape  # (C, H, W)
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train, Split)
 
     @property
     def num_classes(self) -> int:
@@ -168,24 +190,6 @@ def _list_images(folder: Path) -> dict[str, list[Path]]:
     }
 
 
-def _read_folder(files: dict[str, list[Path]], classes: list[str], size: int, channels: int) -> Split:
-    from PIL import Image, UnidentifiedImageError
-
-    images, labels = [], []
-    mode = "L" if channels == 1 else "RGB"
-    for label, c in enumerate(classes):
-        for p in files.get(c, []):
-            try:
-                with Image.open(p) as im:
-                    im = im.convert(mode).resize((size, size), Image.BILINEAR)
-                    t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-            except (OSError, UnidentifiedImageError) as e:
-                raise UserError(f"{p}: not a readable image ({e})") from None
-            images.append(t.view(size, size, channels).permute(2, 0, 1))
-            labels.append(label)
-    return Split(torch.stack(images), torch.tensor(labels, dtype=torch.long))
-
-
 def _load_imagefolder(root: Path, size: int, channels: int):
     _check_root(root, "expected train/ and test/ (or val/) folders of one sub-folder per class")
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
@@ -206,15 +210,17 @@ def _load_imagefolder(root: Path, size: int, channels: int):
     if problems:
         raise UserError(*problems)
     classes = sorted(train_files)
-    return (
-        _read_folder(train_files, classes, size, channels),
-        _read_folder(test_files, classes, size, channels),
-        classes,
-    )
+
+    def split(files: dict[str, list[Path]]) -> FileSplit:
+        paths = [str(f) for c in classes for f in files.get(c, [])]
+        labels = [label for label, c in enumerate(classes) for _ in files.get(c, [])]
+        return FileSplit(paths, torch.tensor(labels, dtype=torch.long), size, channels)
+
+    return split(train_files), split(test_files), classes
 
 
-def _subset(split: Split, index: torch.Tensor) -> Split:
-    return Split(split.images[index], split.labels[index])
+def _subset(split, index: torch.Tensor):
+    return split.subset(index)
 
 
 def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -241,7 +247,9 @@ def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 def load_data(cfg, seed: int = 0) -> DataBundle:
     """Load the recipe's dataset; hold out a seeded validation split of the training set.
 
-    The validation split chooses the best epoch; the test split is only used for the final numbers.
+    The validation split chooses the best epoch; the test split is only used for the final numbers. An
+    ImageFolder is listed, split and limited as files, and then either decoded into memory or kept as files for
+    the streaming path (`choose_loader`); either way only the images the run uses are ever decoded.
     """
     name = cfg.name
     root = Path(cfg.root) if cfg.root else default_root()
@@ -265,10 +273,72 @@ def load_data(cfg, seed: int = 0) -> DataBundle:
         test = _subset(test, stratified_indices(test.labels, cfg.limit_test, seed))
     if len(train) == 0:
         raise UserError("data.limit_train: no training images left after the validation split")
+    loader, why = choose_loader(cfg, train, val, test)
+    if loader == "memory" and isinstance(train, FileSplit):  # decode once, with the evaluation transform
+        train, test = train.take(torch.arange(len(train))), test.take(torch.arange(len(test)))
+        val = val.take(torch.arange(len(val))) if val is not None else None
     mean, std = NORMALISATION[name]
-    if len(mean) != train.images.shape[1]:  # e.g. a grey-scale ImageFolder with ImageNet statistics
-        mean, std = (sum(mean) / len(mean),) * train.images.shape[1], (sum(std) / len(std),) * train.images.shape[1]
-    return DataBundle(name, train, val, test, classes, tuple(mean), tuple(std), {"root": str(root)})
+    if getattr(cfg, "mean", None) is not None:
+        mean, std = cfg.mean, cfg.std
+    channels = train.shape[0]
+    if len(mean) != channels:  # e.g. a grey-scale ImageFolder with ImageNet statistics
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    info = {"root": str(root), "loader": loader, "loader_reason": why}
+    return DataBundle(name, train, val, test, classes, tuple(mean), tuple(std), info)
+
+
+def decoded_bytes(*splits) -> int:
+    """What the splits take as decoded uint8 tensors."""
+    total = 0
+    for split in splits:
+        if split is not None:
+            c, h, w = split.shape
+            total += len(split) * c * h * w
+    return total
+
+
+def choose_loader(cfg, train, val, test) -> tuple[str, str]:
+    """`data.loader`: memory or stream, and why. auto: memory when the decoded splits fit `data.memory_budget_gb`
+    and the augmentation is one the memory path does (pad + crop + flip on the device); else stream."""
+    from .streaming import resolve_augment
+
+    in_memory = not isinstance(train, FileSplit)
+    need = decoded_bytes(train, val, test)
+    if in_memory:
+        if cfg.loader == "stream":
+            raise UserError(f"data.loader: stream reads an ImageFolder's files; {cfg.name} is held in memory as "
+                            f"decoded tensors ({need / 1e6:.0f} MB); use loader auto or memory")
+        return "memory", f"{cfg.name} is decoded into memory ({need / 1e6:.0f} MB)"
+    augment = resolve_augment(cfg.augment, cfg.image_size)
+    budget = cfg.memory_budget_gb * 1e9
+    if cfg.loader == "memory":
+        if augment == "random_resized_crop":
+            raise UserError("data.augment: random_resized_crop needs each whole image at every step, which the "
+                            "memory path does not keep; use data.loader stream (or auto), or data.augment pad_crop")
+        return "memory", f"data.loader: memory ({need / 1e9:.2f} GB decoded)"
+    if cfg.loader == "stream":
+        return "stream", "data.loader: stream"
+    if augment == "random_resized_crop":
+        return "stream", f"data.augment {augment} crops each whole image anew at every step"
+    if need > budget:
+        return "stream", (f"the decoded images would take {need / 1e9:.2f} GB, over data.memory_budget_gb "
+                          f"({cfg.memory_budget_gb:g})")
+    return "memory", f"the decoded images take {need / 1e9:.2f} GB, under data.memory_budget_gb ({cfg.memory_budget_gb:g})"
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one training epoch's order and augmentation: from the seed and the epoch alone."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def make_batches(split, batch_size: int, normalize, *, workers: int | None = None, device=None, augment: str = "auto",
+                 **kw):
+    """`Batches` for an in-memory split, `streaming.StreamBatches` for a FileSplit: the same interface."""
+    if isinstance(split, FileSplit):
+        from .streaming import StreamBatches
+
+        return StreamBatches(split, batch_size, normalize, workers=workers, device=device, augment=augment, **kw)
+    return Batches(split, batch_size, normalize, **kw)
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -350,7 +420,7 @@ class Batches:
         return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return epoch_generator(self.seed, epoch)
 
     def iterate(self, epoch: int = 0, start: int = 0):
         n = len(self.split)

@@ -157,7 +157,7 @@ def write_figures(
     pairs = _figure_pairs(teacher, student, data.input_shape, point_pairs)
     if pairs:
         idx = pick_images(data.test.labels)
-        images = data.test.images[idx].cpu()
+        images = data.test.take(torch.as_tensor(idx)).images
         x = Normalize(data.mean, data.std, torch.device("cpu"))(images).contiguous()
         before = copy.deepcopy(student)
         before.load_state_dict(initial_state)

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed, runlock
-from .datasets import Batches, DataBundle, Normalize, load_data
+from .datasets import Batches, DataBundle, Normalize, load_data, make_batches
 from .device import environment, memory_format, resolve_device, seed_everything
 from .errors import GateFailure, Interrupted, UserError
 from .features import all_points, modified_in_place, pair_auto, pair_explicit, probe_points
@@ -159,7 +159,8 @@ def _batches_for(split, data: DataBundle, device, recipe: Recipe, batch_size: in
     """The test split in the training's memory format (channels_last: 10,000 test images through the
     WRN-16-2 teacher took 23 s instead of 36 s here)."""
     fmt = memory_format(recipe.train.channels_last)
-    return Batches(split.to(device), batch_size, Normalize(data.mean, data.std, device, fmt))
+    return make_batches(split.to(device), batch_size, Normalize(data.mean, data.std, device, fmt),
+                        workers=recipe.data.workers, device=device)
 
 
 def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False) -> dict:
@@ -256,7 +257,11 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher,
-                           arch_given=teacher_arch_given(recipe))
+                           arch_given=teacher_arch_given(recipe), normalisation_given=recipe.data.mean is not None)
+    if data.info.get("normalisation") == "teacher":
+        console.print(f"normalising with the teacher's own mean {list(data.mean)} / std {list(data.std)} (it records "
+                      "them; set data.mean and data.std to override)")
+    console.print(f"data: {data.info['loader']} loader ({data.info['loader_reason']})")
     grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
     student, student_arch, sizing = grown.model, grown.arch, grown.sizing
     at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
@@ -313,7 +318,9 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
             "onnx_accuracy": None, "sizing": sizing,
         },
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
-                 "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std)},
+                 "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+                 "loader": data.info.get("loader"), "loader_reason": data.info.get("loader_reason"),
+                 "normalisation": data.info.get("normalisation", "dataset")},
         "distillation": {
             "methods": recipe.methods(),
             "pairs": [{"teacher": t.module, "student": s.module, "shape": list(s.shape), "teacher_shape": list(t.shape)}
@@ -327,6 +334,7 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
             "batch_size": recipe.train.batch_size,
             "lr": recipe.train.lr,
             "resumed_from_epoch": result.resumed_from,
+            "first_step_seconds": result.first_step_at - started if result.first_step_at is not None else None,
             "history": result.history,
         },
     }
@@ -429,7 +437,7 @@ def _parity_images(ck: dict, shape) -> torch.Tensor:
     try:
         data = load_data(DataConfig(name=ck.get("dataset", ""), limit_test=PARITY_IMAGES, val_fraction=0.0), 0)
         if data.input_shape == shape:
-            return Normalize(data.mean, data.std, torch.device("cpu"))(data.test.images).contiguous()
+            return Normalize(data.mean, data.std, torch.device("cpu"))(data.test.take(torch.arange(len(data.test))).images).contiguous()
     except (UserError, ValueError):  # another dataset, or not on this machine
         pass
     return torch.randn(PARITY_IMAGES, *shape, generator=torch.Generator().manual_seed(0))
@@ -479,7 +487,7 @@ def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: 
                       recipe: Recipe, trust: bool) -> dict:
     """--reference: the ONNX file's logits against the checkpoint's on real test images across the classes."""
     from .export import check_parity
-    from .verify import PARITY_IMAGES, parity_images
+    from .verify import parity_batch_sizes, parity_images
 
     ref = open_model(reference, input_shape=data.input_shape, trust=trust, names=False)
     if ref.source == "compressor checkpoint":
@@ -487,9 +495,9 @@ def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: 
     else:
         model = ref.model
     images = parity_images(data.test, data, recipe.seed, mean=fed["mean"], std=fed["std"])
-    sizes = tuple(b for b in (1, 17) if b in accepted) or (min(accepted),)
+    sizes = tuple(b for b in parity_batch_sizes(len(images)) if b in accepted) or (min(accepted),)
     if max(sizes) > len(images):
-        raise UserError(f"{model_path}: its batch size {max(sizes)} is more than the {PARITY_IMAGES} parity images")
+        raise UserError(f"{model_path}: its batch size {max(sizes)} is more than the {len(images)} parity images")
     try:
         parity = check_parity(model, model_path, images, batch_sizes=sizes)
     except UserError:

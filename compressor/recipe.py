@@ -34,8 +34,30 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train to choose the best epoch")
     pad: int = Field(4, ge=0, le=64, description="reflect padding before the random crop (0 = no crop)")
     flip: bool = Field(True, description="random horizontal flip")
-    image_size: PositiveInt = Field(224, description="imagefolder: images are resized to this square size")
+    image_size: PositiveInt = Field(224, description="imagefolder: the square size the models see (evaluation: "
+                                    "Resize(image_size / 0.875) + CenterCrop(image_size))")
     channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grey-scale, 3 = RGB")
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode the images once and hold them as tensors; stream: decode each batch in "
+        "DataLoader workers (an ImageFolder); auto: memory when the decoded images fit memory_budget_gb and the "
+        "augmentation allows, else stream")
+    memory_budget_gb: float = Field(4.0, gt=0, description="auto loader: the most decoded images held in memory")
+    workers: int | None = Field(None, ge=0, description="stream: DataLoader worker processes; null = min(8, CPUs)")
+    augment: Literal["auto", "pad_crop", "random_resized_crop"] = Field(
+        "auto", description="training augmentation of an ImageFolder: pad_crop (the paper's reflect-pad + random crop "
+        "+ flip), random_resized_crop (+ flip; ImageNet-style, stream only); auto: pad_crop up to 64 px, else "
+        "random_resized_crop")
+    mean: list[float] | None = Field(None, description="normalisation; null = the teacher's own where it records it "
+                                     "(a compressor checkpoint, timm's pretrained_cfg), else the dataset's")
+    std: list[float] | None = Field(None, description="normalisation, with mean")
+
+    @model_validator(mode="after")
+    def _mean_with_std(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std: give both or neither")
+        if self.mean is not None and (len(self.mean) != len(self.std) or min(self.std) <= 0):
+            raise ValueError("data.mean and data.std: one value per channel each, std > 0")
+        return self
 
 
 def _known_arch(name: str | None, pruned: bool = False) -> str | None:

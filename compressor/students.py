@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .datasets import Batches, DataBundle, Normalize
+from .datasets import Batches, DataBundle, Normalize, make_batches
 from .errors import UserError
 from .models import create_model, is_registered
 from .progress import console
@@ -86,7 +86,8 @@ def _calibration(recipe: Recipe, data: DataBundle) -> list[tuple[torch.Tensor, t
     n = min(recipe.student.calibration_images, len(data.train))
     g = torch.Generator().manual_seed(recipe.seed + 7919)
     idx = torch.randperm(len(data.train), generator=g)[:n]
-    images, labels = data.train.images[idx], data.train.labels[idx]
+    taken = data.train.take(idx)
+    images, labels = taken.images, taken.labels
     normalize = Normalize(data.mean, data.std, torch.device("cpu"))
     return [(normalize(images[i:i + 128]), labels[i:i + 128]) for i in range(0, n, 128)]
 
@@ -122,7 +123,7 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
     plan = channel_plan(model, base)
     seconds = time.perf_counter() - started
-    test = Batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")))
+    test = make_batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
     pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
     flops = count_flops(model, data.input_shape)
     arch = f"{teacher.arch}-pruned"

@@ -131,15 +131,28 @@ def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> N
                     f"set {arch_key} to {shown} or leave it out (the checkpoint names its own architecture)")
 
 
-def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False, arch_given: bool = True) -> Teacher:
+def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False, arch_given: bool = True,
+                 normalisation_given: bool = True) -> Teacher:
     """The teacher for `compress distill`, checked against the recipe's data (classes, channels, size,
     normalisation); a mismatch is a UserError that gives both values. `arch` is the recipe's teacher.arch: it
     builds a state_dict, and must match a compressor checkpoint's own architecture when `arch_given` (the recipe
     wrote it rather than leaving the default)."""
     teacher = open_model(path, arch=arch, input_shape=data.input_shape, trust=trust, names=False,
                          arch_key="teacher.arch" if arch_given else None)
+    adopt_normalisation(teacher, data, normalisation_given)
     check_fits_data(teacher, data, Path(path))
     return teacher
+
+
+def adopt_normalisation(teacher: Teacher, data: DataBundle, given: bool) -> None:
+    """Feed the data as the teacher was fed: where the teacher records its mean/std (a compressor checkpoint,
+    timm's pretrained_cfg) and the recipe does not set data.mean/std (`given`), the data takes the teacher's
+    (recorded in data.info["normalisation"]); a recipe that sets them must agree (check_fits_data)."""
+    if given or teacher.mean is None or len(teacher.mean) != data.input_shape[0]:
+        return
+    if tuple(teacher.mean) != tuple(data.mean) or tuple(teacher.std) != tuple(data.std):
+        data.mean, data.std = tuple(teacher.mean), tuple(teacher.std)
+        data.info["normalisation"] = "teacher"
 
 
 def _unwrap_state_dict(obj) -> dict | None:
@@ -174,7 +187,18 @@ def _from_state_dict(path: Path, arch: str, state: dict) -> Teacher:
             f"{arch} expects {tuple(own[k].shape)}"
         )
     model.load_state_dict(state)
-    return Teacher(model.eval(), arch, "state_dict", input_shape=(channels, None, None), num_classes=classes)
+    mean, std = _pretrained_normalisation(model, channels or 3)
+    return Teacher(model.eval(), arch, "state_dict", mean=mean, std=std, input_shape=(channels, None, None),
+                   num_classes=classes)
+
+
+def _pretrained_normalisation(model: nn.Module, channels: int) -> tuple[tuple | None, tuple | None]:
+    """The mean/std a timm model's `pretrained_cfg` says its weights expect, when it has one per input channel.
+    A default for the data, not a record of training: a recipe's data.mean/std override it without complaint."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std") and len(cfg["mean"]) == channels:
+        return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+    return None, None
 
 
 def _state_dims(state: dict) -> tuple[int | None, int | None]:
@@ -309,7 +333,7 @@ def check_fits_data(teacher: Teacher, data: DataBundle, path: Path) -> None:
         problems.append(f"{path}: the teacher takes {need[0]} input channels, the data has {c}")
     if (need[1] is not None and need[1] != h) or (need[2] is not None and need[2] != w):
         problems.append(f"{path}: the teacher takes {need[1]}x{need[2]} images, the data's are {h}x{w} (data.image_size)")
-    if teacher.mean is not None and (
+    if teacher.mean is not None and teacher.source != "state_dict" and (  # a state_dict's is only timm's default
         len(teacher.mean) != len(data.mean)
         or any(abs(a - b) > 1e-3 for a, b in zip(teacher.mean + teacher.std, data.mean + data.std))
     ):

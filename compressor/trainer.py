@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .datasets import Batches, DataBundle, Normalize
+from .datasets import Batches, DataBundle, Normalize, make_batches
 from .device import amp_dtype, autocast, channels_last_safe, memory_format
 from .errors import EXIT_USAGE, CompressorError, Interrupted, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
@@ -58,6 +58,7 @@ class FitResult:
     train_seconds: float
     images_per_second: float
     resumed_from: int | None = None  # 1-based epoch --resume went on from (the last one if training had finished)
+    first_step_at: float | None = None  # time.perf_counter() when the first training step began (None: no step ran)
     extra: dict = field(default_factory=dict)
 
 
@@ -320,12 +321,14 @@ def fit(
     # channels_last where the student's widths are safe for it on this device (device.channels_last_safe)
     fmt = memory_format(cfg.channels_last and (device.type != "cpu" or channels_last_safe(model)))
     normalize = Normalize(data.mean, data.std, device, fmt)
-    train = Batches(
+    # in-memory splits move to the device once; a streamed one is decoded batch by batch by DataLoader workers
+    stream = {"workers": recipe.data.workers, "device": device}
+    train = make_batches(
         data.train.to(device), cfg.batch_size, normalize, train=True, pad=recipe.data.pad, flip=recipe.data.flip,
-        seed=recipe.seed, drop_last=len(data.train) >= cfg.batch_size,
-        rank=distributed.rank(), world=distributed.world_size(),  # cfg.batch_size is the global batch
+        seed=recipe.seed, drop_last=len(data.train) >= cfg.batch_size, augment=recipe.data.augment,
+        rank=distributed.rank(), world=distributed.world_size(), **stream,  # cfg.batch_size is the global batch
     )
-    val = Batches(data.val.to(device), 512, normalize) if data.val is not None and len(data.val) else None
+    val = make_batches(data.val.to(device), 512, normalize, **stream) if data.val is not None and len(data.val) else None
 
     model.to(device=device, memory_format=fmt).train()
     net = distributed.wrap(model, device, cfg.sync_bn)  # DDP around `model` in a multi-process run, else `model`
@@ -431,6 +434,7 @@ def fit(
         saved = f"the last good state ({where}) is kept in {state_path}"
 
     train_seconds = sum(h.get("train_seconds", 0.0) for h in history)
+    first_step_at = None
     train_images = sum(h.get("train_images", 0) for h in history)
     steps_per_epoch = len(train)
     with _StopFlag() as stop:
@@ -448,6 +452,8 @@ def fit(
             if progress:
                 progress.start_epoch(epoch + 1, epochs, steps_per_epoch, first_step)
             for step, (x, y) in enumerate(train.iterate(epoch, first_step), start=first_step):
+                if first_step_at is None:  # the first batch is in: how long the data took to get going
+                    first_step_at = time.perf_counter()
                 if extra:
                     x.requires_grad_(extra.needs_input_grad)  # grad AT differentiates the loss w.r.t. x
                 with autocast(device, dtype):
@@ -554,4 +560,5 @@ def fit(
         train_seconds=train_seconds,
         images_per_second=train_images / train_seconds if train_seconds > 0 else 0.0,
         resumed_from=resumed_from,
+        first_step_at=first_step_at,
     )

@@ -51,7 +51,13 @@ def count_flops(model: nn.Module, input_shape) -> int:
 def parity_images(split, data: DataBundle, seed: int, n: int = PARITY_IMAGES, mean=None, std=None) -> torch.Tensor:
     """`n` normalised test images drawn across the classes (seeded), (n, C, H, W) float on the CPU."""
     pick = stratified_indices(split.labels, n, seed)
-    return Normalize(mean or data.mean, std or data.std, torch.device("cpu"))(split.images[pick].cpu()).contiguous()
+    return Normalize(mean or data.mean, std or data.std, torch.device("cpu"))(split.take(pick).images).contiguous()
+
+
+def parity_batch_sizes(images: int) -> tuple[int, ...]:
+    """1 and 17 (a size other than the export's example batch, and not a divisor of the image count), fewer when
+    the test split is smaller than 17 images."""
+    return tuple(dict.fromkeys(min(b, images) for b in (1, 17)))
 
 
 def onnx_split_predictions(session, split, data: DataBundle, batch_size: int = 256, mean=None, std=None) -> np.ndarray:
@@ -59,8 +65,8 @@ def onnx_split_predictions(session, split, data: DataBundle, batch_size: int = 2
     flat); `mean`/`std` override the data's (a model that records its own normalisation is fed with it)."""
     normalize = Normalize(mean or data.mean, std or data.std, torch.device("cpu"))
     out = []
-    for i in range(0, len(split), batch_size):
-        x = normalize(split.images[i : i + batch_size].cpu()).contiguous().numpy()
+    for images, _ in split.chunks(batch_size):
+        x = normalize(images.cpu()).contiguous().numpy()
         out.append(onnx_predict(session, x, batch_size).argmax(1))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
@@ -90,7 +96,19 @@ def onnx_metadata(arch: str, data: DataBundle, kind: str) -> dict[str, str]:
         "compressor.std": json.dumps(list(data.std)),
         "compressor.input_shape": json.dumps(list(data.input_shape)),
         "compressor.dataset": data.name,
+        "compressor.preprocess": json.dumps(preprocess(data)),
     }
+
+
+def preprocess(data: DataBundle) -> dict:
+    """How an image becomes the model's input, for whoever deploys it: the evaluation transform and normalisation
+    (an ImageFolder: shorter side to resize, centre crop; the built-in datasets are used at their own size)."""
+    from .streaming import EVAL_CROP
+
+    c, h, w = data.input_shape
+    steps = {"resize_shorter_side": round(h / EVAL_CROP), "center_crop": [h, w], "interpolation": "bilinear"} \
+        if data.name == "imagefolder" else {"size": [h, w]}
+    return {**steps, "channels": c, "scale": 1 / 255, "mean": list(data.mean), "std": list(data.std)}
 
 
 def gate(name: str, limit, value, passed: bool) -> dict:
@@ -136,8 +154,9 @@ def verify_student(
     images = parity_images(data.test, data, recipe.seed)
     s_sess = create_session(student_path, threads=v.threads, device=recipe.device)
     t_sess = create_session(teacher_path, threads=v.threads, device=recipe.device)
-    parity = check_parity(student, student_path, images, batch_sizes=(1, 17))  # both sides fp32 on the CPU
-    t_parity = check_parity(teacher, teacher_path, images, batch_sizes=(1, 17))
+    sizes = parity_batch_sizes(len(images))
+    parity = check_parity(student, student_path, images, batch_sizes=sizes)  # both sides fp32 on the CPU
+    t_parity = check_parity(teacher, teacher_path, images, batch_sizes=sizes)
 
     s_pred = onnx_split_predictions(s_sess, data.test, data)
     report["student"]["onnx_accuracy"] = accuracy_of(s_pred, data.test)
@@ -187,7 +206,7 @@ def _int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recipe, t_
     """
     v = recipe.verify
     pick = stratified_indices(data.train.labels, CALIBRATION_IMAGES, recipe.seed)
-    calib = Normalize(data.mean, data.std, torch.device("cpu"))(data.train.images[pick].cpu()).contiguous()
+    calib = Normalize(data.mean, data.std, torch.device("cpu"))(data.train.take(pick).images).contiguous()
     console.print(f"quantising to int8 (static QDQ, {len(pick)} calibration images) ...")
     info = quantize_int8(fp32_path, int8_path, calib)
     cpu = {role: s if s.provider == CPU else create_session(s.path, threads=v.threads, device="cpu")

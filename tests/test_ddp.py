@@ -103,11 +103,30 @@ def test_nproc_with_an_indivisible_batch_is_a_clean_error(cli, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_two_processes_equal_one_process_with_the_global_batch(tmp_path, teacher_ckpt):
+def _grey_jpeg_folder(root: Path) -> Path:
+    """root/{train,test}/<class>/*.jpg: real Fashion-MNIST images as 28x28 grey JPEGs, all 10 classes."""
+    from torchvision.datasets import FashionMNIST
+
+    ds = FashionMNIST(str(ROOT / "data"), train=True, download=False)
+    for label in range(10):
+        idx = (ds.targets == label).nonzero().flatten()[:16].tolist()
+        for split, part in (("train", idx[:14]), ("test", idx[14:])):
+            (root / split / f"c{label}").mkdir(parents=True)
+            for i, j in enumerate(part):
+                ds[j][0].save(root / split / f"c{label}" / f"{i}.jpg", quality=95)
+    return root
+
+
+@pytest.mark.parametrize("loader", ["memory", "stream"])
+def test_two_processes_equal_one_process_with_the_global_batch(loader, tmp_path, teacher_ckpt):
     common = [
         "--norm", "group", "--float64", "--set", "data.limit_train=128", "--set", "data.val_fraction=0", "--set", "data.limit_test=10",
         "--set", "train.batch_size=64", "--set", "train.schedule=constant", "--set", "train.log_every=1",
     ]
+    if loader == "stream":  # an ImageFolder of JPEGs decoded by DataLoader workers: each rank decodes its share
+        folder = _grey_jpeg_folder(tmp_path / "jpegs")
+        common += [a for s in ("data.name=imagefolder", f"data.root={folder}", "data.image_size=28", "data.channels=1",
+                               "data.loader=stream", "data.augment=pad_crop", "data.workers=1") for a in ("--set", s)]
     one, two = tmp_path / "one", tmp_path / "two"
     _run([one, teacher_ckpt, *common, "--set", "train.epochs=2"], nproc=1)
     _run([two, teacher_ckpt, *common, "--set", "train.epochs=1"], nproc=2)

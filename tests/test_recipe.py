@@ -103,12 +103,12 @@ def test_the_default_schedule_decays_and_multistep_needs_milestones(tmp_path):
 
 
 def test_shipped_recipes_keep_their_schedules():
-    """Each names its schedule; the paper's CIFAR recipe steps at its milestones, the others anneal."""
+    """Each names its schedule; the paper's CIFAR and ImageNet recipes step at their milestones, the others anneal."""
     schedules = {p.name: (load_recipe(p).train.schedule, load_recipe(p).train.milestones)
                  for p in [*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests").glob("*.yaml")]}
     assert schedules == {"cifar_at.yaml": ("multistep", [60, 120, 160]), "fashion_at.yaml": ("cosine", []),
                          "fashion_teacher.yaml": ("cosine", []), "imagefolder_resnet_at.yaml": ("cosine", []),
-                         "smoke.yaml": ("cosine", [])}
+                         "imagenet_at.yaml": ("multistep", [30, 60]), "smoke.yaml": ("cosine", [])}
 
 
 def test_overrides_are_parsed_as_yaml():
