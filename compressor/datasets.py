@@ -275,8 +275,8 @@ def load_data(cfg, seed: int = 0) -> DataBundle:
         raise UserError("data.limit_train: no training images left after the validation split")
     loader, why = choose_loader(cfg, train, val, test)
     if loader == "memory" and isinstance(train, FileSplit):  # decode once, with the evaluation transform
-        train, test = train.take(torch.arange(len(train))), test.take(torch.arange(len(test)))
-        val = val.take(torch.arange(len(val))) if val is not None else None
+        train, test = (s.take(torch.arange(len(s)), cfg.workers) for s in (train, test))
+        val = val.take(torch.arange(len(val)), cfg.workers) if val is not None else None
     mean, std = NORMALISATION[name]
     if getattr(cfg, "mean", None) is not None:
         mean, std = cfg.mean, cfg.std

@@ -93,13 +93,18 @@ class FileSplit:
     def subset(self, index: torch.Tensor) -> "FileSplit":
         return FileSplit([self.files[i] for i in index.tolist()], self.labels[index], self.size, self.channels)
 
-    def take(self, index: torch.Tensor):
-        """These images decoded with the evaluation transform, as an in-memory `Split`."""
+    def take(self, index: torch.Tensor, workers: int | None = None):
+        """These images decoded with the evaluation transform, as an in-memory `Split` (by worker processes when
+        there are many)."""
         from .datasets import Split
 
+        index = torch.as_tensor(index, dtype=torch.long)
+        if len(index) > 256:
+            parts = list(self.subset(index).chunks(256, workers))
+            return Split(torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts]))
         t = eval_transform(self.size)
-        idx = index.tolist()
-        return Split(torch.stack([t(decode(self.files[i], self.channels)) for i in idx]), self.labels[index])
+        images = [t(decode(self.files[i], self.channels)) for i in index.tolist()]
+        return Split(torch.stack(images) if images else torch.zeros(0, *self.shape, dtype=torch.uint8), self.labels[index])
 
     def chunks(self, batch_size: int, workers: int | None = None):
         """(uint8 images, labels) batches in order, decoded with the evaluation transform by worker processes."""

@@ -191,3 +191,30 @@ def test_a_broken_image_met_by_a_worker_is_one_line_and_exit_2(folder, resnet18_
     assert r.exit_code == 2, r.output
     lines = [ln for ln in r.output.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "0.jpg: not a readable image" in lines[0] and "Traceback" not in r.output
+
+
+def test_resume_on_the_stream_path_gives_the_same_student(folder, tmp_path, cli):
+    """kill -9 inside epoch 2 and --resume: the student is bit-identical to an uninterrupted run's (CPU)."""
+    from compressor.models import create_model
+
+    from .test_resume import finish, saved_position, start_cli, student_checkpoint, wait_for
+
+    torch.manual_seed(0)
+    teacher = tmp_path / "wrn.pt"
+    torch.save(create_model("wrn-10-1", len(CLASSES), 3).state_dict(), teacher)
+    args = ["distill", teacher, "--recipe", RECIPE, "--set", f"data.root={folder}",
+            *sets(*STREAM[:6], "data.workers=2", "teacher.arch=wrn-10-1", "student.arch=wrn-10-1", "train.epochs=2",
+                  "train.batch_size=12", "train.checkpoint_every=2", "verify.batch_sizes=[1]", "device=cpu")]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = cli(*args, "--out", straight)
+    assert r.exit_code == 0, r.output
+    proc = start_cli(*args, "--out", killed)
+    wait_for(proc, lambda: (saved_position(killed / "train_state.pt") or (0, 0))[0] == 1
+             and saved_position(killed / "train_state.pt")[1] > 0)
+    proc.send_signal(9)
+    finish(proc)
+    r = cli(*args, "--out", killed, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "resuming from epoch 2 step" in r.output
+    a, b = student_checkpoint(straight)["state_dict"], student_checkpoint(killed)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
