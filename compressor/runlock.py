@@ -5,7 +5,8 @@ before looking at what is there, so a second run into the same place refuses at 
 one that is running, instead of both writing and one's report describing the other's files.
 
 The lock is `flock(2)`: the kernel drops it when the holding process dies, however it dies, so a run killed
-with `kill -9` never leaves a lock that blocks `--resume`. The file only carries who holds it (pid, host,
+with `kill -9` never leaves a lock that blocks `--resume` (forked children, DataLoader workers, close their copy
+at once: they could outlive a killed parent by seconds). The file only carries who holds it (pid, host,
 command, start time) for the message; a leftover file without a holder is simply taken over.
 
     with hold_lock(out / LOCK_NAME, "--out", out):
@@ -27,6 +28,21 @@ from pathlib import Path
 from .errors import UserError
 
 LOCK_NAME = ".compressor.lock"
+_HELD: set[int] = set()  # the lock descriptors this process holds
+
+
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) shares the parent's lock: flock belongs to the open file, which lives as
+    long as any process has it open, so a worker outliving a `kill -9`ed parent by seconds would keep the run
+    locked. Children close their copies at once."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
 
 
 def _holder(fd: int) -> str:
@@ -67,6 +83,7 @@ def acquire(lock_path: Path, flag: str, target: Path) -> int:
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode("utf-8"), 0)
+    _HELD.add(fd)
     return fd
 
 
@@ -75,6 +92,12 @@ def release(lock_path: Path, fd: int) -> None:
     with contextlib.suppress(OSError):
         if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
             os.unlink(lock_path)
+    let_go(fd)
+
+
+def let_go(fd: int) -> None:
+    """Close a lock descriptor (the lock goes with it), leaving the file."""
+    _HELD.discard(fd)
     os.close(fd)
 
 
