@@ -34,21 +34,41 @@ def channels_last_safe(model: torch.nn.Module) -> bool:
                for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """auto = bf16 on a CUDA device that supports it, fp16 on one that does not, nothing on the CPU.
+def cpu_native_bf16() -> tuple[bool, str]:
+    """Whether this CPU computes bf16 natively, as PyTorch sees it (its own CPU feature probe, not the CPU's name):
+    AVX512-BF16 (Zen 4 and later, Cooper Lake / Sapphire Rapids and later) or AMX tiles. Without either, oneDNN
+    emulates bf16 and a step ran ~10x slower than fp32 (measured on an AVX2 machine); with AVX512-BF16 it ran 1.8x
+    faster (docs/BENCHMARKS.md). COMPRESSOR_CPU_BF16=1 / 0 overrides the answer (tests force both paths)."""
+    forced = os.environ.get("COMPRESSOR_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1", f"COMPRESSOR_CPU_BF16={forced}"
+    cpu = getattr(torch, "cpu", None)
+    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return True, "the CPU has AVX512-BF16 (PyTorch's CPU probe): bf16 runs natively"
+    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+        return True, "the CPU has AMX tiles (PyTorch's CPU probe): bf16 runs natively"
+    return False, "the CPU has neither AVX512-BF16 nor AMX (PyTorch's CPU probe): bf16 would be emulated, fp32 is faster"
 
-    On the CPU bf16 is opt-in (`train.amp: bf16`): it is faster on AVX512-BF16 machines but its accuracy effect
-    on these small models has not been measured.
-    """
+
+def amp_choice(setting: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """`train.amp` -> the autocast dtype of training steps (None: fp32) and why. auto = bf16 on a CUDA device that
+    supports it (fp16 on one that does not), and on a CPU that computes bf16 natively (`cpu_native_bf16`); fp32 on
+    other CPUs. Evaluation, export, parity and the reported accuracies are fp32 whatever this says."""
     if setting == "off":
-        return None
-    if setting == "bf16":
-        return torch.bfloat16
-    if setting == "fp16":
-        return torch.float16
+        return None, "train.amp: off"
+    if setting in ("bf16", "fp16"):
+        return (torch.bfloat16 if setting == "bf16" else torch.float16), f"train.amp: {setting}"
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, "auto: the GPU supports bf16"
+        return torch.float16, "auto: the GPU does not support bf16, fp16 with loss scaling"
+    native, why = cpu_native_bf16()
+    return (torch.bfloat16 if native else None), f"auto: {why}"
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of `amp_choice` alone."""
+    return amp_choice(setting, device)[0]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

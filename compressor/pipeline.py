@@ -335,6 +335,7 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
             "lr": recipe.train.lr,
             "resumed_from_epoch": result.resumed_from,
             "first_step_seconds": result.first_step_at - started if result.first_step_at is not None else None,
+            "amp": result.amp,
             "history": result.history,
         },
     }

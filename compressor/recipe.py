@@ -190,7 +190,8 @@ class TrainConfig(Strict):
         "compile (measured +11% on a 2-core CPU), worth it for runs longer than a few minutes; not with grad_at"
     )
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="mixed precision: auto = bf16 on CUDA when supported, off on CPU"
+        "auto", description="training precision: auto = bf16 on CUDA when supported and on CPUs that compute bf16 "
+        "natively (AVX512-BF16, AMX), fp32 on other CPUs; evaluation and export are always fp32"
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = per epoch only)")
     log_every: PositiveInt = Field(20, description="steps between progress-bar updates (each costs a host sync)")
@@ -271,6 +272,8 @@ class DistillConfig(Strict):
 class ExportConfig(Strict):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset")
     quantize: Literal["none", "int8"] = "none"
+    int8_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="int8: QDQ (Quantize/DequantizeLinear pairs onnxruntime fuses) or QOperator (QLinearConv ...)")
 
 
 class VerifyConfig(Strict):

@@ -118,7 +118,8 @@ def render_markdown(report: dict) -> str:
         *_student_line(report["student"]),
         f"- attention pairs: {pairs}",
         f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}"
-        + _parallel(report.get("distributed")),
+        + _parallel(report.get("distributed"))
+        + f", precision {d.get('amp', {}).get('dtype', 'float32')} ({d.get('amp', {}).get('reason', '')})",
         f"- export: `{report['export']['path']}`, opset {report['export']['opset']}, max |PyTorch − ONNX| = "
         f"{report['export']['max_abs_diff']:.2e}",
     ]

@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from . import checkpoint as ckpt_io
 from . import distributed
 from .datasets import Batches, DataBundle, Normalize, make_batches
-from .device import amp_dtype, autocast, channels_last_safe, memory_format
+from .device import amp_choice, autocast, channels_last_safe, memory_format
 from .errors import EXIT_USAGE, CompressorError, Interrupted, UserError
 from .extra_terms import ExtraTerms, at_beta_scale
 from .fastpath import fold_batchnorm
@@ -59,6 +59,7 @@ class FitResult:
     images_per_second: float
     resumed_from: int | None = None  # 1-based epoch --resume went on from (the last one if training had finished)
     first_step_at: float | None = None  # time.perf_counter() when the first training step began (None: no step ran)
+    amp: dict = field(default_factory=dict)  # the training steps' precision: setting, dtype, reason
     extra: dict = field(default_factory=dict)
 
 
@@ -317,7 +318,10 @@ def fit(
     """
     cfg = recipe.train
     epochs = epochs or cfg.epochs
-    dtype = amp_dtype(cfg.amp, device)
+    dtype, amp_reason = amp_choice(cfg.amp, device)
+    amp = {"setting": cfg.amp, "dtype": str(dtype).replace("torch.", "") if dtype else "float32", "reason": amp_reason}
+    if distributed.is_main():
+        console.print(f"training precision: {amp['dtype']} ({amp_reason}); evaluation and export: float32")
     # channels_last where the student's widths are safe for it on this device (device.channels_last_safe)
     fmt = memory_format(cfg.channels_last and (device.type != "cpu" or channels_last_safe(model)))
     normalize = Normalize(data.mean, data.std, device, fmt)
@@ -522,7 +526,7 @@ def fit(
                 "images_per_second": seen / epoch_seconds if epoch_seconds > 0 else 0.0,
             }
             if val is not None:
-                v = evaluate(model, val, device, dtype)
+                v = evaluate(model, val, device)  # fp32 whatever the steps ran in: it picks the best epoch
                 row.update(val_accuracy=v["accuracy"], val_loss=v["loss"])
             score = row.get("val_accuracy", float(epoch))  # without a validation split: the last epoch
             if score >= best["accuracy"]:
@@ -561,4 +565,5 @@ def fit(
         images_per_second=train_images / train_seconds if train_seconds > 0 else 0.0,
         resumed_from=resumed_from,
         first_step_at=first_step_at,
+        amp=amp,
     )

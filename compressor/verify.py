@@ -207,8 +207,8 @@ def _int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recipe, t_
     v = recipe.verify
     pick = stratified_indices(data.train.labels, CALIBRATION_IMAGES, recipe.seed)
     calib = Normalize(data.mean, data.std, torch.device("cpu"))(data.train.take(pick).images).contiguous()
-    console.print(f"quantising to int8 (static QDQ, {len(pick)} calibration images) ...")
-    info = quantize_int8(fp32_path, int8_path, calib)
+    console.print(f"quantising to int8 (static {recipe.export.int8_format}, {len(pick)} calibration images) ...")
+    info = quantize_int8(fp32_path, int8_path, calib, quant_format=recipe.export.int8_format)
     cpu = {role: s if s.provider == CPU else create_session(s.path, threads=v.threads, device="cpu")
            for role, s in sessions.items()}
     cpu["int8"] = create_session(int8_path, threads=v.threads, device="cpu")

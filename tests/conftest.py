@@ -34,6 +34,9 @@ def sets(*overrides: str) -> list[str]:
 def _data_env(monkeypatch):
     monkeypatch.setenv("COMPRESSOR_DATA", str(ROOT / "data"))
     monkeypatch.setenv("COLUMNS", "200")
+    # train.amp auto is bf16 on CPUs with native bf16: the suite trains fp32 everywhere, so its numbers are the
+    # same on AVX2 and AVX-512 machines (tests/test_precision.py forces both answers)
+    monkeypatch.setenv("COMPRESSOR_CPU_BF16", "0")
 
 
 @pytest.fixture
@@ -48,7 +51,8 @@ def cli():
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """The real console script in a subprocess (what a user or CI pipeline runs)."""
-    full_env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", **(env or {})}
+    full_env = {**os.environ, "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", "COMPRESSOR_CPU_BF16": "0",
+                **(env or {})}
     exe = Path(sys.executable).with_name("compress")
     # the installed console script; where the package runs from the tree (PYTHONPATH, the GPU check), its module
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "compressor"]

@@ -67,6 +67,14 @@ def test_int8_is_measured_beside_fp32(teacher_ckpt, tmp_path, cli):
     report = json.loads((out / "report.json").read_text())
     q = report["int8"]
     assert (out / "student.int8.onnx").is_file() and q["weights"] == "int8"
+    from compressor.runtime import cpu_has_vnni
+
+    assert q["reduce_range"] == (not cpu_has_vnni())  # 7-bit weights only where u8s8 products could saturate
+    assert q["provider"] == "CPUExecutionProvider" and set(q["fp32_latency"]) == set(q["latency"])  # same provider
+    for b, (lo, hi) in q["speedup_vs_fp32_interval"].items():
+        assert lo <= q["speedup_vs_fp32"][b] <= hi
+        if q["ship"]:  # shipped only beyond the noise: 5 % and every round
+            assert q["speedup_vs_fp32"][b] >= 1.05 and lo > 1
     assert set(q["latency"]) == {"1", "8"} and isinstance(q["ship"], bool) and q["decision"]
     # int8 costs little accuracy on a real (if briefly trained) student
     assert abs(q["accuracy"] - report["student"]["onnx_accuracy"]) < 5.0
