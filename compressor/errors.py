@@ -38,3 +38,9 @@ class Interrupted(CompressorError):
     """Ctrl-C or SIGTERM, with what was kept and how to go on: exit 130."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (library errors are often pages long), else its type's name."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

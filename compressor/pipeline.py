@@ -19,6 +19,7 @@ from . import distributed, runlock
 from .datasets import Batches, DataBundle, Normalize, load_data, make_batches
 from .device import environment, memory_format, resolve_device, seed_everything
 from .errors import GateFailure, Interrupted, UserError
+from .errors import first_line as _first_line
 from .features import all_points, modified_in_place, pair_auto, pair_explicit, probe_points
 from .fileio import remove_stale_temporaries, write_json, write_text
 from .models import create_model
@@ -509,11 +510,6 @@ def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: 
     console.print(f"parity with {reference}: max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} "
                   f"test images (largest |logit| {parity['scale']:.3g})")
     return {**parity, "reference": str(reference)}
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path, reference: Path | None = None,

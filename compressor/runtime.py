@@ -35,6 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .errors import UserError
+from .errors import first_line as _first_line
 from .fileio import atomic_path
 
 CUDA = "CUDAExecutionProvider"
@@ -56,11 +57,6 @@ _ORT_LOAD_ERRORS = (
     ort_state.EPFail,
     ort_state.RuntimeException,
 )
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def _image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

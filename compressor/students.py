@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .datasets import Batches, DataBundle, Normalize, make_batches
+from .datasets import DataBundle, Normalize, make_batches
 from .errors import UserError
 from .models import create_model, is_registered
 from .progress import console

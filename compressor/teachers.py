@@ -29,6 +29,7 @@ from torch import fx, nn
 from . import checkpoint as ckpt_io
 from .datasets import DataBundle
 from .errors import UserError
+from .errors import first_line as _first_line
 from .models import create_model, is_registered, list_models
 
 TRUST_HINT = "pass --trust-teacher if you trust this file"
@@ -314,11 +315,6 @@ def _load_pickled(path: Path):
         return torch.load(path, map_location="cpu", weights_only=False)  # --trust-teacher only
     except Exception as e:  # a trusted file can still be corrupt; any failure is the user's file
         raise UserError(f"{path}: cannot load ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 def check_fits_data(teacher: Teacher, data: DataBundle, path: Path) -> None:
