@@ -326,6 +326,17 @@ def choose_loader(cfg, train, val, test) -> tuple[str, str]:
     return "memory", f"the decoded images take {need / 1e9:.2f} GB, under data.memory_budget_gb ({cfg.memory_budget_gb:g})"
 
 
+def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
+    """Batches of an epoch of n images (a last partial one dropped when `drop_last` and there is a full one)."""
+    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
+def batch_share(i: int, batch_size: int, n: int, rank: int, world: int) -> tuple[int, int, slice]:
+    """Global batch i spans positions lo..hi of the epoch; rank `rank` of `world` takes its contiguous share."""
+    lo, hi = i * batch_size, min((i + 1) * batch_size, n)
+    return lo, hi, slice(lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """The generator of one training epoch's order and augmentation: from the seed and the epoch alone."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -416,8 +427,7 @@ class Batches:
         self.rank, self.world = rank, world
 
     def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+        return batch_count(len(self.split), self.batch_size, self.drop_last)
 
     def epoch_generator(self, epoch: int) -> torch.Generator:
         return epoch_generator(self.seed, epoch)
@@ -427,8 +437,7 @@ class Batches:
         g = self.epoch_generator(epoch)
         order = torch.randperm(n, generator=g).to(self.split.images.device) if self.train else None
         for i in range(len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
-            sl = slice(lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world)
+            lo, hi, sl = batch_share(i, self.batch_size, n, self.rank, self.world)
             if order is not None:
                 idx = order[sl]
                 x, y = self.split.images[idx], self.split.labels[idx]

@@ -152,23 +152,27 @@ class _EpochBatches(Sampler):
         self.rank, self.world = rank, world
         self.epoch, self.start = 0, 0
 
-    def __len__(self) -> int:
-        full = self.n // self.batch_size if self.drop_last and self.n >= self.batch_size else -(-self.n // self.batch_size)
-        return full - self.start
+    @property
+    def batches(self) -> int:
+        from .datasets import batch_count
+
+        return batch_count(self.n, self.batch_size, self.drop_last)
+
+    def __len__(self) -> int:  # what is left of the epoch from `start`: the loader's length
+        return self.batches - self.start
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        from .datasets import epoch_generator
+        from .datasets import batch_share, epoch_generator
 
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
         base = (self.seed * 1_000_003 + self.epoch) * 4_000_037  # per-image augmentation seeds of this epoch
-        for i in range(self.start, self.start + len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.n)
-            a, b = lo + (hi - lo) * self.rank // self.world, lo + (hi - lo) * (self.rank + 1) // self.world
-            yield [(order[j], (base + j) % (2**63)) for j in range(a, b)]
+        for i in range(self.start, self.batches):
+            _, _, share = batch_share(i, self.batch_size, self.n, self.rank, self.world)
+            yield [(order[j], (base + j) % (2**63)) for j in range(share.start, share.stop)]
 
 
 def _unwrapped(loader):
@@ -207,10 +211,7 @@ class StreamBatches:
         self.loader = _loader(_Images(split, transform), self.sampler, workers, self.device.type == "cuda")
 
     def __len__(self) -> int:
-        if isinstance(self.sampler, _EpochBatches):
-            s = self.sampler
-            return s.n // s.batch_size if s.drop_last and s.n >= s.batch_size else -(-s.n // s.batch_size)
-        return len(self.sampler)
+        return self.sampler.batches if isinstance(self.sampler, _EpochBatches) else len(self.sampler)
 
     def iterate(self, epoch: int = 0, start: int = 0):
         if isinstance(self.sampler, _EpochBatches):

@@ -155,8 +155,10 @@ def verify_student(
     s_sess = create_session(student_path, threads=v.threads, device=recipe.device)
     t_sess = create_session(teacher_path, threads=v.threads, device=recipe.device)
     sizes = parity_batch_sizes(len(images))
-    parity = check_parity(student, student_path, images, batch_sizes=sizes)  # both sides fp32 on the CPU
-    t_parity = check_parity(teacher, teacher_path, images, batch_sizes=sizes)
+    # both sides fp32 on the CPU: the recipe's sessions where they are CPU ones, else check_parity opens its own
+    s_cpu, t_cpu = (s if s.provider == CPU else None for s in (s_sess, t_sess))
+    parity = check_parity(student, student_path, images, batch_sizes=sizes, session=s_cpu)
+    t_parity = check_parity(teacher, teacher_path, images, batch_sizes=sizes, session=t_cpu)
 
     s_pred = onnx_split_predictions(s_sess, data.test, data)
     report["student"]["onnx_accuracy"] = accuracy_of(s_pred, data.test)
