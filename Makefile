@@ -24,7 +24,7 @@ data: venv
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "apt could not install dataset-fashion-mnist; falling back to torchvision's download"; \
 	fi
-	$(PY) -m compressor.datasets $(DATA)
+	$(PY) -m compressor.data $(DATA)
 
 # The demo's teacher ships in the repository (teachers/, with its card); `make teacher` rebuilds it from its recipe
 # (20 epochs on all of Fashion-MNIST: ~30 min on an AVX-512 2-core CPU, about 4x that on an AVX2 one).

@@ -9,7 +9,7 @@ WRN-16-2 teacher -> WRN-16-1 student, Fashion-MNIST (1x28x28, 10 classes), batch
 
   a  the student's plain training step (forward, cross-entropy, backward, SGD) on batches already on the device
   b  the teacher's inference (eval, inference_mode) on the same batches
-  c  compressor's AT+KD distillation: `compressor.trainer.fit()` itself, one epoch of `--steps` batches, timed
+  c  compressor's AT+KD distillation: `compressor.train.loop.fit()` itself, one epoch of `--steps` batches, timed
      around the call: its batched augmentation, hooks, loss terms, optimiser, end-of-epoch checkpoint; nothing
      subtracted
   d  torchdistill's AT+KD (ATLoss mode "code" + KDLoss) driven by its distillation box over a torchvision
@@ -46,13 +46,14 @@ import torch
 from torch.nn import functional as F
 
 import torchdistill_run as td
-from compressor.datasets import Batches, Normalize, Split, load_data
-from compressor.device import amp_dtype, autocast, environment, memory_format
-from compressor.errors import CompressorError
-from compressor.features import pair_auto, probe_points
+from compressor.data.datasets import Batches, Normalize, Split, load_data
+from compressor.core.device import amp_dtype, autocast, environment, memory_format
+from compressor.core.errors import CompressorError
+from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
-from compressor.recipe import load_recipe
-from compressor.trainer import build_optimizer, fit
+from compressor.recipe.schema import load_recipe
+from compressor.train.loop import fit
+from compressor.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fashion_at.yaml"
@@ -127,15 +128,14 @@ class Bench:
         self.batches = [x for x, _ in pairs_xy]  # (B, 1, 28, 28) normalised, in the trainer's memory format
         self.labels = [y for _, y in pairs_xy]
         if args.teacher:
-            from compressor.checkpoint import load_model
+            from compressor.models.checkpoint import load_model
 
             teacher, _ = load_model(args.teacher)
         else:
             teacher = calibrated_teacher([b.cpu() for b in self.batches], self.data.num_classes)
         shape = self.data.input_shape
         student = create_model(STUDENT, self.data.num_classes, shape[0])
-        point_pairs = pair_auto(probe_points(teacher, shape), probe_points(student, shape))
-        self.pairs = [(s.module, t.module, s.module) for t, s in point_pairs]  # as pipeline.distill passes them
+        self.pairs = find_pairs("auto", teacher, student, shape)  # as the distill job passes them
         # one copy per measurement: fit() and torchdistill each change the teacher they are given (memory
         # format, hooks, requires_grad), and neither should see the other's changes
         self.teacher_b = copy.deepcopy(teacher).to(self.device, memory_format=self.memory_format).eval()
@@ -161,7 +161,7 @@ class Bench:
         self.td_dataset = td.fashion_mnist_loader_dataset(self.args.data, self.args.steps * self.batch,
                                                           self.data.mean, self.data.std)
         self.td_config = lambda steps: td.train_config(
-            [(t, s) for _, t, s in self.pairs], batch_size=self.batch, workers=self.args.td_workers, steps=steps,
+            [(p.teacher.module, p.student.module) for p in self.pairs], batch_size=self.batch, workers=self.args.td_workers, steps=steps,
             lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, beta=at.beta, alpha=kd.alpha,
             temperature=kd.temperature, pin_memory=self.device.type == "cuda",
         )

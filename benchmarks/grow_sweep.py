@@ -22,14 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compressor.datasets import load_data  # noqa: E402
-from compressor.device import resolve_device, seed_everything  # noqa: E402
-from compressor.pipeline import _batches_for, _pairs  # noqa: E402
-from compressor.recipe import load_recipe  # noqa: E402
-from compressor.students import build_student  # noqa: E402
-from compressor.teachers import load_teacher  # noqa: E402
-from compressor.trainer import evaluate, fit  # noqa: E402
-from compressor.verify import count_params  # noqa: E402
+from compressor.data.datasets import load_data  # noqa: E402
+from compressor.core.device import resolve_device, seed_everything  # noqa: E402
+from compressor.distill.pairs import find_pairs  # noqa: E402
+from compressor.jobs.pipeline import _batches_for  # noqa: E402
+from compressor.recipe.schema import load_recipe  # noqa: E402
+from compressor.students.build import build_student  # noqa: E402
+from compressor.teachers.load import load_teacher  # noqa: E402
+from compressor.train.loop import fit  # noqa: E402
+from compressor.models.evaluate import evaluate
+from compressor.models.measure import count_params  # noqa: E402
 
 
 def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> dict:
@@ -40,8 +42,7 @@ def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> di
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data)
     student = build_student(recipe, teacher, data)
     uses_pairs = "at" in recipe.methods() or "feature" in recipe.methods()
-    points = _pairs(recipe, teacher.model, student.model, data.input_shape) if uses_pairs else []
-    pairs = [(s.module, t.module, s.module) for t, s in points]
+    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student.model, data.input_shape) if uses_pairs else []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         result = fit(student.model, data, recipe, device=dev, state_path=Path(tmp) / "state.pt",

@@ -23,12 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compressor.datasets import Normalize, load_data, stratified_indices  # noqa: E402
-from compressor.recipe import validate_recipe  # noqa: E402
-from compressor.runtime import (  # noqa: E402
+from compressor.data.datasets import Normalize, load_data, stratified_indices  # noqa: E402
+from compressor.recipe.schema import validate_recipe  # noqa: E402
+from compressor.export.runtime import (  # noqa: E402
     cpu_has_vnni, create_session, measure_latencies, quantize_int8, speedups,
 )
-from compressor.verify import onnx_split_accuracy  # noqa: E402
+from compressor.verify.student import onnx_split_accuracy  # noqa: E402
 
 
 def main() -> int:

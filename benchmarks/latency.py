@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressor.checkpoint import load_model
-from compressor.device import environment
-from compressor.errors import CompressorError
-from compressor.export import export_onnx
+from compressor.models.checkpoint import load_model
+from compressor.core.device import environment
+from compressor.core.errors import CompressorError
+from compressor.export.onnx import export_onnx
 from compressor.models import create_model
-from compressor.runtime import create_session, latency_meta, measure_latency
+from compressor.export.runtime import create_session, latency_meta, measure_latency
 
 
 def parse_args(argv=None) -> argparse.Namespace:

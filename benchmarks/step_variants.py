@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/step_variants.py                       # 1 thread, 6 steps x 5 rounds, all variants
     .venv/bin/python benchmarks/step_variants.py --variants base,fold --threads 2
 
-The step is trainer.fit()'s inner step rebuilt from the same parts (augment_batch, Normalize's arithmetic,
-FeatureTap, DistillLoss, SGD with the recipe's settings), WRN-16-2 -> WRN-16-1 on 1x28x28 batches of 128, so
+The step is train.loop.train_step rebuilt from the same parts (augment_batch, Normalize's arithmetic,
+FeatureTap, the objective's AT + KD terms, SGD with the recipe's settings), WRN-16-2 -> WRN-16-1 on 1x28x28 batches of 128, so
 that each change can be switched on alone; distill_throughput.py measures fit() itself. Variants:
 
   base            the plain step: channels_last, teacher under no_grad, attention maps as a.pow(2).mean(1)
@@ -12,8 +12,8 @@ that each change can be switched on alone; distill_throughput.py measures fit() 
   contiguous      NCHW memory format instead of channels_last
   inference-mode  teacher under inference_mode (its outputs cloned: KD's kl_div saves the teacher's probabilities
                   for backward, which inference tensors may not be)
-  fold            teacher with BN folded into its convs (compressor.fastpath.fold_batchnorm)
-  fused-at        attention maps through compressor.fastpath.channel_energy
+  fold            teacher with BN folded into its convs (compressor.teachers.fold.fold_batchnorm)
+  fused-at        attention maps through compressor.distill.at.channel_energy
   fold+fused-at   both
   compile         torch.compile on the student and on the teacher (compile time reported apart)
   fold+fused-at+compile, fold+fused-at+compile-teacher
@@ -37,26 +37,27 @@ import time
 import torch
 from torch.nn import functional as F
 
-from compressor.datasets import Normalize, augment_batch
-from compressor.fastpath import channel_energy, fold_batchnorm
-from compressor.features import FeatureTap
-from compressor.losses import kd_terms
+from compressor.data.datasets import Normalize, augment_batch
+from compressor.distill.at import channel_energy
+from compressor.teachers.fold import fold_batchnorm
+from compressor.distill.points import FeatureTap
+from compressor.distill.kd import soft_target_loss
 from compressor.models import create_model
 
 POINTS = ["group0", "group1", "group2"]  # WRN stage outputs: the attention pairs fit() gets for these models
 VARIANTS = ["base", "contiguous", "inference-mode", "fold", "fused-at", "fold+fused-at", "compile",
             "fold+fused-at+compile", "fold+fused-at+compile-teacher"]
-MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as compressor.datasets.NORMALISATION
+MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST's, as compressor.data.datasets.NORMALISATION
 
 
 def at_kd_loss(energy, beta: float = 1000.0):
-    """DistillLoss's terms (KD + beta * AT per pair) with each attention map's mean_c A² computed by `energy`."""
+    """The objective's AT + KD terms (kd, ce, beta * AT per pair) with each map's mean_c A² computed by `energy`."""
 
     def amap(f: torch.Tensor) -> torch.Tensor:
         return F.normalize(energy(f.float()).flatten(1), dim=1)
 
     def loss(logits, labels, t_logits, s_feats, t_feats):
-        terms = kd_terms(logits, t_logits, labels)
+        terms = {"kd": soft_target_loss(logits, t_logits) * 0.9, "ce": F.cross_entropy(logits, labels) * (1.0 - 0.9)}
         for name, s, t in zip(POINTS, s_feats, t_feats):  # equal spatial sizes for these pairs: no pooling
             terms[f"at.{name}"] = (amap(s) - amap(t)).pow(2).mean() * beta
         terms["total"] = sum(terms.values())
@@ -66,7 +67,7 @@ def at_kd_loss(energy, beta: float = 1000.0):
 
 
 def plain_energy(a: torch.Tensor) -> torch.Tensor:
-    return a.pow(2).mean(1)  # what losses.attention_map computed before it used channel_energy
+    return a.pow(2).mean(1)  # what distill.at.attention_map computed before it used channel_energy
 
 
 def make_step(variant: str, teacher: torch.nn.Module, images: list[torch.Tensor], labels: list[torch.Tensor]):

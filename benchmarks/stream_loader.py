@@ -121,9 +121,9 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 
 
 def loader_alone(folder: Path, images: int, workers: int) -> dict:
-    from compressor.datasets import Normalize, load_data
-    from compressor.recipe import DataConfig
-    from compressor.streaming import StreamBatches
+    from compressor.data.datasets import Normalize, load_data
+    from compressor.recipe.schema import DataConfig
+    from compressor.data.streaming import StreamBatches
 
     data = load_data(DataConfig(name="imagefolder", root=str(folder), image_size=64, channels=3, loader="stream",
                                 limit_train=images, val_fraction=0.0), seed=0)

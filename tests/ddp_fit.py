@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor import checkpoint, distributed
-from compressor.datasets import load_data
-from compressor.device import seed_everything
-from compressor.features import pair_auto, probe_points
+from compressor.models import checkpoint
+from compressor.core import distributed
+from compressor.data.datasets import load_data
+from compressor.core.device import seed_everything
+from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
-from compressor.recipe import load_recipe
-from compressor.trainer import fit
+from compressor.recipe.schema import load_recipe
+from compressor.train.loop import fit
 
 RECIPE = Path(__file__).resolve().parent / "smoke.yaml"
 
@@ -59,8 +60,7 @@ def main() -> None:
     student = create_model(recipe.student.arch, data.num_classes, data.input_shape[0])
     if args.norm == "group":
         batchnorm_to_groupnorm(student)
-    points = pair_auto(probe_points(teacher, data.input_shape), probe_points(student, data.input_shape))
-    pairs = [(s.module, t.module, s.module) for t, s in points]
+    pairs = find_pairs("auto", teacher, student, data.input_shape)
     args.out.mkdir(parents=True, exist_ok=True)
     result = fit(
         student, data, recipe, device=device, state_path=args.out / "train_state.pt",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor.fileio import atomic_path, write_text
+from compressor.core.fileio import atomic_path, write_text
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 
@@ -268,7 +268,7 @@ def out_holds_an_unfinished_run(tmp, teacher, images):
 
 def out_in_use_by_another_run(tmp, teacher, images):
     """Another run holds --out's lock (here this test process itself; flock locks are per open file)."""
-    from compressor import runlock
+    from compressor.core import runlock
 
     (tmp / "run").mkdir()
     _HELD.append(runlock.acquire(tmp / "run" / runlock.LOCK_NAME, "--out", tmp / "run"))
@@ -276,7 +276,7 @@ def out_in_use_by_another_run(tmp, teacher, images):
 
 
 def train_out_in_use_by_another_run(tmp, teacher, images):
-    from compressor import runlock
+    from compressor.core import runlock
 
     _HELD.append(runlock.acquire(tmp / ".teacher.pt.lock", "--out", tmp / "teacher.pt"))
     return ["train", "--recipe", RECIPE, "--out", tmp / "teacher.pt", *FAST], "teacher.pt is in use by another run"
@@ -286,8 +286,8 @@ _HELD: list[int] = []  # lock descriptors the cases above hold until the test en
 
 
 def _onnx_of(teacher: Path, path: Path) -> Path:
-    from compressor.checkpoint import load_model
-    from compressor.export import export_onnx
+    from compressor.models.checkpoint import load_model
+    from compressor.export.onnx import export_onnx
 
     model, ck = load_model(teacher)
     export_onnx(model, path, input_shape=tuple(ck["input_shape"]))
@@ -395,7 +395,7 @@ def test_bad_input_exits_2_with_one_line_per_problem(case, tmp_path, small_teach
     try:
         r = cli(*args)
     finally:
-        from compressor import runlock
+        from compressor.core import runlock
 
         while _HELD:  # the locks a case held for "another run"
             runlock.let_go(_HELD.pop())
@@ -472,9 +472,9 @@ def test_teacher_arch_is_checked_only_where_it_is_given(tmp_path, small_teacher,
 def test_a_pruned_checkpoint_answers_to_its_base_and_to_its_pruned_name(tmp_path, small_teacher, cli):
     """A student grown from the teacher is saved as its base arch plus a channel plan, and reported as
     `<base>-pruned`: --arch may give either; another architecture is refused."""
-    from compressor import checkpoint as ckpt_io
+    from compressor.models import checkpoint as ckpt_io
     from compressor.models import create_model
-    from compressor.pruning import channel_plan, count_params, grow_student
+    from compressor.students.pruning import channel_plan, count_params, grow_student
 
     model, ck = ckpt_io.load_model(small_teacher)
     student, _ = grow_student(model, count_params(model) // 2, input_shape=(1, 28, 28), num_classes=10,

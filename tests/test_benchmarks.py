@@ -13,8 +13,9 @@ import sys
 import pytest
 import torch
 
-from compressor.fastpath import channel_energy, conv_bn_pairs, fold_batchnorm
-from compressor.features import FeatureTap
+from compressor.distill.at import channel_energy
+from compressor.teachers.fold import conv_bn_pairs, fold_batchnorm
+from compressor.distill.points import FeatureTap
 from compressor.models import create_model
 
 from .conftest import ROOT

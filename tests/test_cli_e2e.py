@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from compressor.checkpoint import load_model
+from compressor.models.checkpoint import load_model
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from compressor.datasets import Batches, Normalize, augment_batch, load_data
-from compressor.recipe import DataConfig
+from compressor.data.datasets import Batches, Normalize, augment_batch, load_data
+from compressor.recipe.schema import DataConfig
 
 
 def test_splits_are_seeded_and_disjoint():

@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor import distributed
-from compressor.datasets import Batches, Normalize, load_data
-from compressor.errors import UserError
-from compressor.recipe import DataConfig, load_recipe
+from compressor.core import distributed
+from compressor.data.datasets import Batches, Normalize, load_data
+from compressor.core.errors import UserError
+from compressor.recipe.schema import DataConfig, load_recipe
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 

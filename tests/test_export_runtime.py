@@ -19,9 +19,9 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from compressor.errors import UserError
-from compressor.export import check_parity, export_onnx
-from compressor.runtime import (
+from compressor.core.errors import UserError
+from compressor.export.onnx import check_parity, export_onnx
+from compressor.export.runtime import (
     check_onnx_file,
     create_session,
     latency_meta,

@@ -12,13 +12,14 @@ import shutil
 import pytest
 import torch
 
-from compressor import trainer
-from compressor.datasets import load_data
-from compressor.device import seed_everything
-from compressor.errors import UserError
-from compressor.features import pair_auto, probe_points
+from compressor.train import setup as train_setup
+from compressor.train.loop import fit
+from compressor.data.datasets import load_data
+from compressor.core.device import seed_everything
+from compressor.core.errors import UserError
+from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
-from compressor.recipe import load_recipe
+from compressor.recipe.schema import load_recipe
 
 from .conftest import RECIPE, ROOT
 
@@ -46,9 +47,8 @@ def distil(setup, tmp_path, **recipe_train) -> tuple[list[dict], torch.nn.Module
     seed_everything(0)
     student = create_model("wrn-16-1", data.num_classes, 1)
     shape = data.input_shape
-    pairs = [(s.module, t.module, s.module)
-             for t, s in pair_auto(probe_points(teacher, shape), probe_points(student, shape))]
-    result = trainer.fit(student, data, recipe, device=torch.device("cpu"), state_path=tmp_path / "state.pt",
+    pairs = find_pairs("auto", teacher, student, shape)
+    result = fit(student, data, recipe, device=torch.device("cpu"), state_path=tmp_path / "state.pt",
                          metrics_path=tmp_path / "metrics.jsonl", role="distill", teacher=teacher, pairs=pairs)
     return result.history, result.model
 
@@ -68,7 +68,7 @@ def test_folding_the_teacher_leaves_it_untouched_and_changes_no_loss_term(setup,
     assert all(m.weight.is_contiguous() for m in teacher.modules() if isinstance(m, torch.nn.Conv2d))
 
     calls = []  # the unfolded run (fit then changes the teacher it is given: later tests fold it again)
-    monkeypatch.setattr(trainer, "fold_batchnorm", lambda m, keep: calls.append(m) or m)
+    monkeypatch.setattr(train_setup, "fold_batchnorm", lambda m, keep: calls.append(m) or m)
     plain_history, _ = distil(setup, tmp_path / "plain")
     assert calls, "fit() no longer goes through fold_batchnorm"
     folded, plain = losses(folded_history), losses(plain_history)
@@ -79,8 +79,8 @@ def test_folding_the_teacher_leaves_it_untouched_and_changes_no_loss_term(setup,
 
 def test_fit_folds_every_teacher_bn_that_follows_a_conv(setup, tmp_path, monkeypatch):
     seen = []
-    real = trainer.fold_batchnorm
-    monkeypatch.setattr(trainer, "fold_batchnorm", lambda m, keep: seen.append(real(m, keep)) or seen[-1])
+    real = train_setup.fold_batchnorm
+    monkeypatch.setattr(train_setup, "fold_batchnorm", lambda m, keep: seen.append(real(m, keep)) or seen[-1])
     distil(setup, tmp_path)
     bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in seen[0].modules())
     # WRN-16-2 has 13 BNs: six blocks' conv1 -> bn2, and the stem conv -> the first block's bn1, fold; the

@@ -8,16 +8,24 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compressor.checkpoint import load_model, load_trusted_dict
-from compressor.extra_terms import ExtraTerms
-from compressor.feature_transfer import FeatureAdapters, feature_loss
+from compressor.models.checkpoint import load_model, load_trusted_dict
+from compressor.distill.feature import FeatureAdapters, feature_loss
+from compressor.distill.objective import Objective
+from compressor.distill.pairs import find_pairs
+from compressor.distill.terms import Step
 from compressor.models import create_model
-from compressor.recipe import load_recipe
-from compressor.trainer import build_optimizer
+from compressor.recipe.schema import load_recipe
+from compressor.train.optim import build_optimizer
 
 from .conftest import RECIPE, run_cli, sets
 
-WRN_PAIRS = [(f"group{i}", f"group{i}", f"group{i}") for i in range(3)]  # (name, teacher path, student path)
+CPU = torch.device("cpu")
+
+
+def wrn_pairs(teacher, student):
+    pairs = find_pairs("auto", teacher, student, (1, 28, 28))
+    assert [p.name for p in pairs] == ["group0", "group1", "group2"]
+    return pairs
 
 
 def test_feature_loss_is_the_adapted_mean_squared_difference():
@@ -34,11 +42,11 @@ def test_feature_loss_is_the_adapted_mean_squared_difference():
 
 def test_adapters_follow_the_channel_counts():
     student, teacher = create_model("wrn-16-1", 10, 1), create_model("wrn-16-2", 10, 1)
-    adapters = FeatureAdapters.for_pairs(student, teacher, WRN_PAIRS, (1, 28, 28))
+    adapters = FeatureAdapters.for_pairs(wrn_pairs(teacher, student))
     # group0 of both has 16 channels (WRN's first group is 16·K but K=1 vs 2): 16->32, 32->64, 64->128
     shapes = [tuple(a.weight.shape) if isinstance(a, nn.Conv2d) else None for a in adapters.adapters]
     assert shapes == [(32, 16, 1, 1), (64, 32, 1, 1), (128, 64, 1, 1)]
-    same = FeatureAdapters.for_pairs(student, create_model("wrn-16-1", 10, 1), WRN_PAIRS, (1, 28, 28))
+    same = FeatureAdapters.for_pairs(wrn_pairs(create_model("wrn-16-1", 10, 1), student))
     assert all(isinstance(a, nn.Identity) for a in same.adapters)
 
 
@@ -46,16 +54,17 @@ def test_adapters_are_trained_with_the_student():
     recipe = load_recipe(RECIPE, ["distill.feature.enabled=true"])
     torch.manual_seed(0)
     student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1).eval()
-    extra = ExtraTerms.build(recipe, student, teacher, WRN_PAIRS, (1, 28, 28), torch.device("cpu"))
-    assert extra is not None and extra.uses_features and not extra.needs_input_grad
-    opt, _ = build_optimizer(extra.with_adapters(student), recipe.train, 1, 1)
+    on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false"])
+    objective = Objective.build(on, student, teacher, wrn_pairs(teacher, student), CPU)
+    assert objective.uses_features and not objective.needs_input_grad and objective.trainable is not None
+    opt, _ = build_optimizer(objective.optimized(student), recipe.train, 1, 1)
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
-    assert {id(p) for p in extra.adapters.parameters()} <= in_opt
+    assert {id(p) for p in objective.trainable.parameters()} <= in_opt
     assert {id(p) for p in student.parameters()} <= in_opt
     # the student's parameters come first, in their own order (resume states stay compatible)
     assert [id(p) for p in opt.param_groups[0]["params"][: len(list(student.parameters()))]] == [id(p) for p in student.parameters()]
 
-    before = [p.detach().clone() for p in extra.adapters.parameters()]
+    before = [p.detach().clone() for p in objective.trainable.parameters()]
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     feats = {}
     hooks = [dict(m.named_modules())[f"group{i}"].register_forward_hook(
@@ -65,23 +74,28 @@ def test_adapters_are_trained_with_the_student():
         teacher(x)
     for h in hooks:
         h.remove()
-    terms = extra({"ce": F.cross_entropy(logits, y), "total": F.cross_entropy(logits, y)}, student, teacher, x, y,
-                  logits, [feats["s", i] for i in range(3)], [feats["t", i] for i in range(3)])
+    terms = objective(Step(x, y, logits, student_features=[feats["s", i] for i in range(3)],
+                           teacher_features=[feats["t", i] for i in range(3)]))
     assert list(terms) == ["ce", "feat.group0", "feat.group1", "feat.group2", "total"]
     torch.testing.assert_close(terms["total"], sum(v for k, v in terms.items() if k != "total"))
     opt.zero_grad()
     terms["total"].backward()
     opt.step()
-    assert all(not torch.equal(b, a) for b, a in zip(before, extra.adapters.parameters()))
-    assert set(extra.state_dict()) == {f"adapters.{i}.weight" for i in range(3)}
+    assert all(not torch.equal(b, a) for b, a in zip(before, objective.trainable.parameters()))
+    assert set(objective.state_dict()) == {f"adapters.{i}.weight" for i in range(3)}
 
 
-def test_no_extra_terms_when_off_or_without_a_teacher():
-    student = create_model("wrn-10-1", 10, 1)
-    recipe = load_recipe(RECIPE)
-    assert ExtraTerms.build(recipe, student, create_model("wrn-10-2", 10, 1), WRN_PAIRS, (1, 28, 28), torch.device("cpu")) is None
-    on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.grad_at.enabled=true"])
-    assert ExtraTerms.build(on, student, None, [], (1, 28, 28), torch.device("cpu")) is None
+def test_the_objective_holds_only_the_enabled_terms():
+    student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1)
+    pairs = wrn_pairs(teacher, student)
+    default = Objective.build(load_recipe(RECIPE), student, teacher, pairs, CPU)  # the smoke recipe: AT + KD
+    assert default.names == ["kd", "ce", "at.group0", "at.group1", "at.group2"] and default.trainable is None
+    on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.grad_at.enabled=true", "distill.grad_at.flip=true"])
+    assert Objective.build(on, student, teacher, pairs, CPU).names == [
+        "kd", "ce", *(f"at.group{i}" for i in range(3)), *(f"feat.group{i}" for i in range(3)), "grad_at", "grad_at.flip"]
+    # without a teacher (a teacher trained from scratch) every method is off: cross-entropy alone
+    alone = Objective.build(on, student, None, [], CPU)
+    assert alone.names == ["ce"] and not alone.needs_teacher and alone.trainable is None
 
 
 def test_distill_with_feature_transfer_keeps_adapters_out_of_the_export(teacher_ckpt, tmp_path):
@@ -118,7 +132,7 @@ def test_distill_with_feature_transfer_keeps_adapters_out_of_the_export(teacher_
 
 @pytest.mark.parametrize("key", ["distill.feature.beta=-1", "distill.feature.unknown=1"])
 def test_feature_recipe_keys_are_validated(key):
-    from compressor.errors import UserError
+    from compressor.core.errors import UserError
 
     with pytest.raises(UserError, match="distill.feature"):
         load_recipe(RECIPE, [key])

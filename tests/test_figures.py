@@ -5,10 +5,11 @@ import json
 import matplotlib.image as mpimg
 import torch
 
-from compressor.datasets import Normalize, load_data
-from compressor.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
+from compressor.data.datasets import Normalize, load_data
+from compressor.distill.pairs import find_pairs
+from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
 from compressor.models import create_model
-from compressor.recipe import DataConfig
+from compressor.recipe.schema import DataConfig
 
 from .conftest import RECIPE, run_cli, sets
 
@@ -31,7 +32,8 @@ def test_attention_figure_from_real_models_and_images(tmp_path):
     maps = attention_maps(teacher, x, ["group0", "group2"], 2, "mean")
     assert [tuple(m.shape) for m in maps] == [(4, 28, 28), (4, 7, 7)]
     torch.testing.assert_close(maps[1].flatten(1).norm(dim=1), torch.ones(4))
-    pairs = [(f"group{i}", f"group{i}") for i in range(3)]
+    pairs = find_pairs("auto", teacher, before, data.input_shape)
+    assert [p.name for p in pairs] == ["group0", "group1", "group2"]
     attention_figure(tmp_path / "a.png", images, x, ["a", "b", "c", "d"], teacher, before, after, pairs)
     img = png(tmp_path / "a.png")
     assert img.shape[1] > img.shape[0]  # 10 columns, 4 rows

@@ -10,11 +10,14 @@ import json
 import pytest
 import torch
 
-from compressor.device import amp_dtype
-from compressor.fastpath import fold_batchnorm
-from compressor.features import FeatureTap
-from compressor.losses import DistillLoss
+from compressor.core.device import amp_dtype
+from compressor.teachers.fold import fold_batchnorm
+from compressor.distill.points import FeatureTap
+from compressor.distill.objective import Objective
+from compressor.distill.pairs import find_pairs
+from compressor.distill.terms import Step
 from compressor.models import create_model
+from compressor.recipe.schema import load_recipe
 
 from .conftest import RECIPE, run_cli, sets
 
@@ -56,14 +59,15 @@ def test_distill_loss_under_bf16_autocast_matches_fp32():
     s_tap, t_tap = FeatureTap(student, POINTS), FeatureTap(teacher, POINTS)
     x = torch.randn(64, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (64,), device=dev)
-    loss = DistillLoss(POINTS)
+    pairs = find_pairs("auto", teacher, student, (1, 28, 28))
+    loss = Objective.build(load_recipe(RECIPE), student, teacher, pairs, dev)
 
     def terms(autocast: bool) -> dict[str, torch.Tensor]:
         with torch.autocast("cuda", dtype=dtype, enabled=autocast):
             logits = student(x)
             with torch.no_grad():
                 t_logits = teacher(x)
-        return loss(logits, y, t_logits, s_tap.take(), t_tap.take())
+        return loss(Step(x, y, logits, t_logits, s_tap.take(), t_tap.take()))
 
     low, full = terms(True), terms(False)
     assert all(v.dtype == torch.float32 for v in low.values())

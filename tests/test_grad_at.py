@@ -9,14 +9,25 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from compressor.checkpoint import load_model
-from compressor.errors import UserError
-from compressor.extra_terms import at_beta_scale, beta_scale
-from compressor.grad_at import grad_at_terms, gradient_distance, hflip, input_gradient
+from compressor.models.checkpoint import load_model
+from compressor.core.errors import UserError
+from compressor.core.schedule import factor
+from compressor.distill.grad_at import FlipInvariance, GradientAT, gradient_distance, hflip, input_gradient
+from compressor.distill.objective import Objective
+from compressor.distill.pairs import find_pairs
+from compressor.distill.terms import Step, Weight
 from compressor.models import create_model
-from compressor.recipe import load_recipe
+from compressor.recipe.schema import load_recipe
 
 from .conftest import RECIPE, run_cli, sets
+
+
+def grad_at_terms(student, teacher, x, y, logits, *, beta, flip=False, teacher_logits=None) -> dict:
+    """The objective's gradient-AT terms of one step, weighted by beta, as the trainer sums them."""
+    terms = [GradientAT(Weight(beta), teacher)] + ([FlipInvariance(Weight(beta), student)] if flip else [])
+    out = Objective(terms)(Step(x, y, logits, teacher_graph=teacher_logits))
+    del out["total"]
+    return out
 
 
 def tiny_net(seed: int, symmetric: bool = False) -> nn.Module:
@@ -154,13 +165,17 @@ def test_teacher_gradient_from_the_steps_own_forward_equals_a_separate_one():
 
 
 def test_beta_schedules():
-    assert [beta_scale("constant", e, 10) for e in (0, 5, 9)] == [1.0, 1.0, 1.0]
-    assert [beta_scale("step", e, 10, [2, 4], 0.1) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
-    cos = [beta_scale("cosine", e, 10) for e in range(10)]
+    assert [factor("constant", e, 10) for e in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [factor("step", e, 10, [2, 4], 0.1) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cos = [factor("cosine", e, 10) for e in range(10)]
     assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(a > b for a, b in zip(cos, cos[1:]))
     # step without its own milestones follows the learning rate's
     r = load_recipe(RECIPE, ["distill.at.beta_schedule=step", "train.milestones=[3]", "distill.at.beta_gamma=0.5"])
-    assert [at_beta_scale(r, e, 6) for e in (2, 3)] == [1.0, 0.5]
+    student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1)
+    objective = Objective.build(r, student, teacher, find_pairs("auto", teacher, student, (1, 28, 28)),
+                                torch.device("cpu"))
+    weights = [t.weight for t in objective.terms if t.name.startswith("at.")]
+    assert len(weights) == 3 and [weights[0].at(e, 6) for e in (2, 3)] == [1000.0, 500.0]
     with pytest.raises(UserError, match="beta_schedule: step needs"):
         load_recipe(RECIPE, ["distill.at.beta_schedule=step"])
     with pytest.raises(UserError, match="distill.at.beta_schedule"):

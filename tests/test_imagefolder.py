@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
-from compressor.datasets import NORMALISATION
+from compressor.data.datasets import NORMALISATION
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 import torchvision
 
-from compressor.errors import UserError
-from compressor.features import all_points, candidate_points, pair_explicit
+from compressor.core.errors import UserError
+from compressor.distill.pairs import pair_explicit
+from compressor.distill.points import all_points, candidate_points
 from compressor.models import create_model
-from compressor.recipe import Pair
+from compressor.recipe.schema import Pair
 
 from .conftest import RECIPE, sets
 
@@ -101,9 +102,11 @@ def test_explicit_pairs_match_paths_with_wildcards():
     shape = (3, 64, 64)
     t, s = all_points(create_model("resnet34", 10, 3), shape), all_points(create_model("resnet18", 10, 3), shape)
     pairs = pair_explicit([Pair(teacher="layer*", student="layer*")], t, s)
-    assert [(a.module, b.module) for a, b in pairs] == [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
+    assert [(p.teacher.module, p.student.module) for p in pairs] == [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
     pairs = pair_explicit([Pair(teacher="layer3.5", student="layer3.1.bn2")], t, s)  # any module with a 4-D output
-    assert [(a.module, b.module, a.shape) for a, b in pairs] == [("layer3.5", "layer3.1.bn2", (256, 4, 4))]
+    assert [(p.teacher.module, p.student.module, p.teacher.shape) for p in pairs] == [
+        ("layer3.5", "layer3.1.bn2", (256, 4, 4))]
+    assert pairs[0].name == "layer3.1.bn2"  # terms are named after the student point: at.layer3.1.bn2
     with pytest.raises(UserError, match="'layer9' matches no module with a 4-D output; valid: conv1, bn1, relu"):
         pair_explicit([Pair(teacher="layer9", student="layer1")], t, s)
 

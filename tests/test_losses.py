@@ -5,7 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from compressor import at_loss, attention_map, kd_loss
-from compressor.losses import DistillLoss
+from compressor.distill.objective import Objective
+from compressor.distill.pairs import Pair
+from compressor.distill.points import Point
+from compressor.distill.terms import Step
+from compressor.recipe.schema import load_recipe
+
+from .conftest import RECIPE
 
 
 def reference_at(x):  # the reference code's at(x), for p = 2
@@ -75,8 +81,10 @@ def test_gradients_reach_the_student_only():
     with torch.no_grad():
         t_feat = teacher(x)
     logits_s, logits_t = s_feat.mean((2, 3)), t_feat.mean((2, 3))[:, :4]
-    loss = DistillLoss(["g0"], beta=1000.0)(logits_s, torch.tensor([0, 1]), logits_t, [s_feat], [t_feat])
-    assert set(loss) == {"kd", "ce", "at.g0", "total"}
+    pair = Pair("g0", Point("t", (8, 8, 8), 1), Point("g0", (4, 8, 8), 1))
+    objective = Objective.build(load_recipe(RECIPE), student, teacher, [pair], torch.device("cpu"))
+    loss = objective(Step(x, torch.tensor([0, 1]), logits_s, logits_t, [s_feat], [t_feat]))
+    assert list(loss) == ["kd", "ce", "at.g0", "total"]
     torch.testing.assert_close(loss["total"], loss["kd"] + loss["ce"] + loss["at.g0"])
     torch.testing.assert_close(loss["at.g0"], 1000.0 * at_loss(s_feat, t_feat))
     loss["total"].backward()
@@ -86,6 +94,7 @@ def test_gradients_reach_the_student_only():
 
 def test_without_teacher_the_loss_is_cross_entropy():
     logits, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
-    terms = DistillLoss([])(logits, y)
-    assert set(terms) == {"ce", "total"}
+    objective = Objective.build(load_recipe(RECIPE), torch.nn.Linear(10, 10), None, [], torch.device("cpu"))
+    terms = objective(Step(torch.zeros(4, 10), y, logits))
+    assert list(terms) == ["ce", "total"]
     torch.testing.assert_close(terms["total"], F.cross_entropy(logits, y))

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from compressor.errors import UserError
-from compressor.features import pair_auto, probe_points
+from compressor.core.errors import UserError
+from compressor.distill.pairs import pair_auto
+from compressor.distill.points import probe_points
 from compressor.models import create_model
 
 
@@ -30,7 +31,7 @@ def test_resnet_points_and_auto_pairing():
     tp, sp = probe_points(t, (3, 64, 64)), probe_points(s, (3, 64, 64))
     assert [p.module for p in tp] == ["layer1", "layer2", "layer3", "layer4"]
     pairs = pair_auto(tp, sp)
-    assert [(a.module, b.module) for a, b in pairs] == [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
+    assert [(p.teacher.module, p.student.module) for p in pairs] == [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
 
 
 def test_unknown_model_fails_with_a_suggestion():

@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from compressor.device import amp_choice, cpu_native_bf16
+from compressor.core.device import amp_choice, cpu_native_bf16
 
 from .conftest import RECIPE, run_cli, sets
 

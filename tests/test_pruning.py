@@ -13,12 +13,14 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor import checkpoint as ckpt_io
-from compressor.errors import UserError
-from compressor.features import pair_auto, probe_points
+from compressor.models import checkpoint as ckpt_io
+from compressor.core.errors import UserError
+from compressor.distill.pairs import pair_auto
+from compressor.distill.points import probe_points
 from compressor.models import create_model
-from compressor.pruning import apply_channel_plan, channel_plan, count_params, grow_student, recalibrate_bn
-from compressor.students import model_from_plan
+from compressor.students.pruning import channel_plan, count_params, grow_student, recalibrate_bn
+from compressor.models.plan import apply_channel_plan
+from compressor.models.plan import model_from_plan
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 from .test_imagefolder import write_imagefolder
@@ -44,9 +46,9 @@ def test_prunes_to_the_largest_student_under_the_target(fraction):
     # the teacher's module names, so the attention points pair one-to-one at equal resolution
     assert [n for n, _ in student.named_modules()] == [n for n, _ in teacher.named_modules()]
     pairs = pair_auto(probe_points(teacher, (1, 28, 28)), probe_points(student, (1, 28, 28)))
-    assert [(t.module, s.module, t.shape[1:] == s.shape[1:]) for t, s in pairs] == [
+    assert [(p.teacher.module, p.student.module, p.teacher.shape[1:] == p.student.shape[1:]) for p in pairs] == [
         ("group0", "group0", True), ("group1", "group1", True), ("group2", "group2", True)]
-    assert pairs[2][1].shape[0] < pairs[2][0].shape[0]  # fewer channels at the same points
+    assert pairs[2].student.shape[0] < pairs[2].teacher.shape[0]  # fewer channels at the same points
     assert student.fc.out_features == 10  # the classifier's outputs are never pruned
 
 
@@ -98,7 +100,7 @@ def test_an_unreachable_target_is_a_user_error():
 
 RELOAD = """
 import sys, torch
-from compressor import checkpoint
+from compressor.models import checkpoint
 ck = torch.load(sys.argv[1], weights_only=True)
 model, _ = checkpoint.load_model(sys.argv[1])
 x = torch.load(sys.argv[2], weights_only=True)
@@ -215,7 +217,7 @@ def test_timm_teacher_grows_a_student(tmp_path):
 def test_pruned_widths_train_in_nchw_on_the_cpu():
     """channels_last is kept for widths that are multiples of 8 and dropped for a pruned student's odd ones (a
     PyTorch CPU kernel crashes on some of them in channels_last: device.channels_last_safe)."""
-    from compressor.device import channels_last_safe
+    from compressor.core.device import channels_last_safe
 
     assert channels_last_safe(create_model("wrn-16-1", 10, 1)) and channels_last_safe(create_model("wrn-16-2", 10, 3))
     student, _ = grow_student(wrn16_2(), 172_846, input_shape=(1, 28, 28), num_classes=10, criterion="magnitude")
@@ -225,7 +227,7 @@ def test_pruned_widths_train_in_nchw_on_the_cpu():
 
 
 def test_a_flops_target_alone_or_with_a_parameter_target():
-    from compressor.verify import count_flops
+    from compressor.models.measure import count_flops
 
     teacher = wrn16_2()
     flops = count_flops(teacher, (1, 28, 28))
@@ -238,7 +240,7 @@ def test_a_flops_target_alone_or_with_a_parameter_target():
 
 
 def test_student_flops_in_the_recipe():
-    from compressor.recipe import load_recipe
+    from compressor.recipe.schema import load_recipe
 
     r = load_recipe(RECIPE, ["student.arch=null", "student.flops=40M"])
     assert r.student.flops == "40M" and r.student.size is None

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from compressor import load_recipe
-from compressor.errors import UserError
+from compressor.core.errors import UserError
 
 from .conftest import ROOT
 
@@ -76,7 +76,7 @@ def test_timm_names_are_checked_against_timm():
 def test_only_a_written_teacher_arch_counts_as_given(tmp_path):
     """teacher.arch left out is the default; written in the file or with --set (even as the default's
     text) it is given, and must then match a compressor checkpoint's own architecture (load_teacher)."""
-    from compressor.recipe import teacher_arch_given
+    from compressor.recipe.schema import teacher_arch_given
 
     smoke = load_recipe(ROOT / "tests/smoke.yaml")
     assert smoke.teacher.arch == "wrn-16-2" and not teacher_arch_given(smoke)
@@ -85,7 +85,7 @@ def test_only_a_written_teacher_arch_counts_as_given(tmp_path):
 
 
 def test_the_default_schedule_decays_and_multistep_needs_milestones(tmp_path):
-    from compressor.trainer import lr_factor
+    from compressor.train.optim import lr_factor
 
     plain = tmp_path / "plain.yaml"
     plain.write_text("name: plain\n")

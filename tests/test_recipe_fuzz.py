@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compressor.errors import UserError
-from compressor.recipe import Recipe, load_recipe, validate_recipe
+from compressor.core.errors import UserError
+from compressor.recipe.schema import Recipe, load_recipe, validate_recipe
 
 from .conftest import RECIPE
 

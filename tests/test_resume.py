@@ -17,7 +17,7 @@ import onnx
 import pytest
 import torch
 
-from compressor.fileio import read_jsonl, remove_stale_temporaries
+from compressor.core.fileio import read_jsonl, remove_stale_temporaries
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 

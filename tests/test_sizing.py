@@ -11,9 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.errors import UserError
+from compressor.core.errors import UserError
 from compressor.models import create_model
-from compressor.sizing import candidates, choose_student_size, family_of, parse_size
+from compressor.students.sizing import candidates, choose_student_size, family_of, parse_size
 
 from .conftest import RECIPE, run_cli, sets
 from .test_teachers import assert_same_function

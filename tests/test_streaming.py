@@ -13,9 +13,9 @@ import onnx
 import pytest
 import torch
 
-from compressor import streaming
-from compressor.datasets import Normalize, load_data
-from compressor.recipe import DataConfig
+from compressor.data import streaming
+from compressor.data.datasets import Normalize, load_data
+from compressor.recipe.schema import DataConfig
 
 from .conftest import RECIPE, ROOT, sets
 
@@ -140,9 +140,9 @@ def test_distill_end_to_end_on_the_stream_path(folder, resnet18_teacher, tmp_pat
 
 
 def test_a_teacher_that_records_its_normalisation_is_fed_with_it(folder, tmp_path):
-    from compressor import checkpoint as ckpt_io
+    from compressor.models import checkpoint as ckpt_io
     from compressor.models import create_model
-    from compressor.teachers import load_teacher
+    from compressor.teachers.load import load_teacher
 
     mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
     ck = ckpt_io.model_checkpoint(create_model("resnet18", 3, 3), arch="resnet18", classes=["class0", "class1", "class7"],
@@ -152,7 +152,7 @@ def test_a_teacher_that_records_its_normalisation_is_fed_with_it(folder, tmp_pat
     load_teacher(tmp_path / "t.pt", "resnet18", data, normalisation_given=False)
     assert data.mean == mean and data.std == std and data.info["normalisation"] == "teacher"
     # a recipe that sets other values is told they differ
-    from compressor.errors import UserError
+    from compressor.core.errors import UserError
 
     data = load_data(_cfg(folder, limit_train=12, limit_test=3, mean=[0.5] * 3, std=[0.5] * 3), seed=0)
     with pytest.raises(UserError, match="the teacher was trained with normalisation"):

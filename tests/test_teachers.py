@@ -17,11 +17,11 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.checkpoint import load_model
-from compressor.datasets import Normalize, load_data
-from compressor.errors import UserError
-from compressor.recipe import load_recipe
-from compressor.teachers import open_model
+from compressor.models.checkpoint import load_model
+from compressor.data.datasets import Normalize, load_data
+from compressor.core.errors import UserError
+from compressor.recipe.schema import load_recipe
+from compressor.teachers.load import open_model
 
 from .conftest import RECIPE, run_cli, sets
 

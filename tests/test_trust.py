@@ -22,7 +22,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from compressor.datasets import stratified_indices
+from compressor.data.datasets import stratified_indices
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 from .test_bad_inputs import FAST, assert_untouched, errors, snapshot
@@ -257,9 +257,9 @@ def test_verify_reference_proves_parity_and_reads_the_metadata(teacher_ckpt, sma
 def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     """A correct export of a network with large logits differs from PyTorch by more than 1e-4 in absolute terms;
     the gate allows max_abs_diff + parity_rtol * max|logit|, and still catches a changed weight."""
-    from compressor import checkpoint as ckpt_io
-    from compressor.pipeline import export_checkpoint
-    from compressor.errors import GateFailure
+    from compressor.models import checkpoint as ckpt_io
+    from compressor.jobs.pipeline import export_checkpoint
+    from compressor.core.errors import GateFailure
 
     ck = torch.load(small_teacher, weights_only=True)
     big = {k: (v * 3000 if k.startswith("fc.") else v) for k, v in ck["state_dict"].items()}  # logits in the thousands
@@ -271,9 +271,9 @@ def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     # the relative part does not hide a wrong model: the same file against other weights fails
     wrong = {k: (v * 3000 + (1.0 if k == "fc.bias" else 0) if k.startswith("fc.") else v) for k, v in ck["state_dict"].items()}
     ckpt_io.save({**ck, "state_dict": wrong}, tmp_path / "wrong.pt")
-    from compressor.checkpoint import load_model
-    from compressor.export import check_parity
-    from compressor.pipeline import _parity_images
+    from compressor.models.checkpoint import load_model
+    from compressor.export.onnx import check_parity
+    from compressor.jobs.pipeline import _parity_images
 
     model, _ = load_model(tmp_path / "wrong.pt")
     parity = check_parity(model, tmp_path / "big.onnx", _parity_images(ck, (1, 28, 28)))
@@ -283,8 +283,8 @@ def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
 
 
 def test_limit_test_is_a_seeded_stratified_subset(tmp_path):
-    from compressor.datasets import load_data
-    from compressor.recipe import DataConfig
+    from compressor.data.datasets import load_data
+    from compressor.recipe.schema import DataConfig
 
     data = load_data(DataConfig(name="fashion_mnist", limit_test=50, val_fraction=0.0), seed=3)
     assert torch.bincount(data.test.labels, minlength=10).tolist() == [5] * 10
@@ -301,8 +301,8 @@ def test_limit_test_is_a_seeded_stratified_subset(tmp_path):
 def test_limit_test_of_a_class_ordered_image_folder_has_every_class(tmp_path):
     from torchvision.datasets import FashionMNIST
 
-    from compressor.datasets import load_data
-    from compressor.recipe import DataConfig
+    from compressor.data.datasets import load_data
+    from compressor.recipe.schema import DataConfig
 
     ds = FashionMNIST(str(ROOT / "data"), train=False, download=False)
     for split in ("train", "test"):
@@ -322,8 +322,8 @@ def test_limit_test_of_a_class_ordered_image_folder_has_every_class(tmp_path):
 def test_a_point_changed_in_place_is_copied_at_the_module_output():
     """torchvision's BasicBlock runs bn2, adds the residual and applies ReLU(inplace=True) to bn2's output
     tensor itself: the hook's tensor would be post-ReLU (never negative) by the time a loss reads it."""
-    from compressor.errors import UserError
-    from compressor.features import FeatureTap, modified_in_place
+    from compressor.core.errors import UserError
+    from compressor.distill.points import FeatureTap, modified_in_place
 
     model = _torchvision_classifier(10)
     x = torch.randn(4, 1, 28, 28)

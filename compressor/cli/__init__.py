@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import ablate, distill, export, inspect, recipe, train, verify
-from .common import Command, Group, version_callback
+from compressor.cli import ablate, distill, export, inspect, recipe, train, verify
+from compressor.cli.common import Command, Group, version_callback
 
 app = typer.Typer(
     cls=Group,
@@ -42,7 +42,7 @@ def main() -> None:
     import os
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 speaks (results and errors)
-        from ..progress import console
+        from compressor.core.progress import console
 
         console.quiet = True
     app()

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
 
 
 @handle_errors
@@ -40,8 +40,8 @@ def ablate(
     equal budget, N seeds each; write [bold]ablation.md[/] and [bold]ablation.json[/] (error mean ± std, params,
     ONNX latency). Finished runs are reused and unfinished ones resumed; gate failures inside runs are recorded.
     """
-    from ..ablate import run_ablation
-    from ..recipe import load_recipe
+    from compressor.jobs.ablate import run_ablation
+    from compressor.recipe.schema import load_recipe
 
     sets = overrides(set_, device)
     r = load_recipe(recipe, sets)

@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ..errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_USAGE, CompressorError
-from ..progress import console
+from compressor.core.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_USAGE, CompressorError
+from compressor.core.progress import console
 
 SetOption = Annotated[
     Optional[list[str]],
@@ -53,7 +53,7 @@ def version_callback(value: bool) -> None:
     try:
         number = version("compressor")
     except PackageNotFoundError:  # run from a source tree that is not installed
-        from .. import __version__ as number
+        from compressor import __version__ as number
     typer.echo(f"compress {number}")
     raise typer.Exit(0)
 
@@ -109,7 +109,7 @@ def _sigterm_interrupts():
 
 
 def check_device(device: str | None) -> None:
-    from ..errors import UserError
+    from compressor.core.errors import UserError
 
     if device is not None and device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device: must be auto, cpu or cuda (got {device!r})")

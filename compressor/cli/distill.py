@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
 
 
 @handle_errors
@@ -38,10 +38,10 @@ def distill(
 
     Exit 0: all gates passed; 1: a gate failed (all artifacts still written); 2: bad input; 130: interrupted.
     """
-    from .. import distributed
-    from ..errors import UserError
-    from ..pipeline import distill as run_distill
-    from ..recipe import load_recipe
+    from compressor.core import distributed
+    from compressor.core.errors import UserError
+    from compressor.jobs.pipeline import distill as run_distill
+    from compressor.recipe.schema import load_recipe
 
     sets = overrides(set_, device)
     if student and student_size:

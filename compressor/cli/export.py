@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import handle_errors
+from compressor.cli.common import handle_errors
 
 
 @handle_errors
@@ -32,9 +32,9 @@ def export(
     ] = False,
 ) -> None:
     """Export a model to one self-contained ONNX file and prove PyTorch/onnxruntime parity."""
-    from ..pipeline import export_checkpoint
+    from compressor.jobs.pipeline import export_checkpoint
 
-    from ..errors import UserError
+    from compressor.core.errors import UserError
 
     if max_abs_diff <= 0 or parity_rtol < 0:
         raise UserError("--max-abs-diff must be > 0 and --parity-rtol >= 0")

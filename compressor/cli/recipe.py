@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from .common import Command, Group, SetOption, handle_errors
+from compressor.cli.common import Command, Group, SetOption, handle_errors
 
 app = typer.Typer(cls=Group, help="Check recipes, print the recipe JSON Schema.", no_args_is_help=True)
 
@@ -20,9 +20,9 @@ def validate(
     set_: SetOption = None,
 ) -> None:
     """Validate recipes; every problem of every file is listed (exit 2 if any)."""
-    from ..errors import UserError
-    from ..progress import console
-    from ..recipe import load_recipe
+    from compressor.core.errors import UserError
+    from compressor.core.progress import console
+    from compressor.recipe.schema import load_recipe
 
     problems = []
     for path in recipes:
@@ -39,6 +39,6 @@ def validate(
 @handle_errors
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""
-    from ..recipe import recipe_schema
+    from compressor.recipe.schema import recipe_schema
 
     typer.echo(json.dumps(recipe_schema(), indent=2))

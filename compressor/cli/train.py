@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
 
 
 @handle_errors
@@ -20,8 +20,8 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
 ) -> None:
     """Train the recipe's [bold]teacher[/] from scratch; writes a self-describing checkpoint."""
-    from ..pipeline import train_teacher
-    from ..recipe import load_recipe
+    from compressor.jobs.pipeline import train_teacher
+    from compressor.recipe.schema import load_recipe
 
     r = load_recipe(recipe, overrides(set_, device))
     train_teacher(r, out, resume=resume, force=force)

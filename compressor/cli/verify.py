@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
 
 
 @handle_errors
@@ -28,8 +28,8 @@ def verify(
 
     Exit 0: all gates passed; 1: a gate failed (the JSON is still written); 2: bad input or a model it cannot use.
     """
-    from ..pipeline import verify_model
-    from ..recipe import load_recipe
+    from compressor.jobs.pipeline import verify_model
+    from compressor.recipe.schema import load_recipe
 
     r = load_recipe(recipe, overrides(set_, device))
     verify_model(model, r, baseline=baseline, reference=reference, out=out or model.with_suffix(".verify.json"),

@@ -6,10 +6,10 @@ and its stride relative to the input. Attention transfer pairs these points betw
 A model without one (the other torchvision classifiers) gets its points from `features.candidate_points`.
 """
 
-from .registry import FeaturePoint, check_arch, create_model, is_registered, list_models, register_model
-from . import resnet as _resnet  # noqa: F401  (registers the torchvision ResNets)
-from . import wrn as _wrn  # noqa: F401  (registers wrn-D-K)
-from . import torchvision_models as _tv  # noqa: F401  (every other torchvision classifier, by its name)
-from . import timm_models as _timm  # noqa: F401  (timm:NAME, with the optional timm package)
+from compressor.models.registry import FeaturePoint, check_arch, create_model, is_registered, list_models, register_model
+from compressor.models import resnet as _resnet  # noqa: F401  (registers the torchvision ResNets)
+from compressor.models import wrn as _wrn  # noqa: F401  (registers wrn-D-K)
+from compressor.models import torchvision_models as _tv  # noqa: F401  (every other torchvision classifier, by its name)
+from compressor.models import timm_models as _timm  # noqa: F401  (timm:NAME, with the optional timm package)
 
 __all__ = ["FeaturePoint", "check_arch", "create_model", "is_registered", "list_models", "register_model"]

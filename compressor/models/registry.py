@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import UserError
+from compressor.core.errors import UserError
 
 
 @dataclass(frozen=True)

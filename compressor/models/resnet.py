@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tvm
 
-from .registry import FeaturePoint, register_model
+from compressor.models.registry import FeaturePoint, register_model
 
 DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101", 152: "resnet152"}
 

@@ -11,8 +11,8 @@ import difflib
 
 from torch import nn
 
-from ..errors import UserError
-from .registry import FeaturePoint, register_model
+from compressor.core.errors import UserError
+from compressor.models.registry import FeaturePoint, register_model
 
 
 def timm_problem(name: str) -> str | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision import models as tvm
 
-from .registry import is_registered, register_model
+from compressor.models.registry import is_registered, register_model
 
 # Their auxiliary classifiers return a tuple while training; a teacher or student returns logits only.
 NO_AUX = {"googlenet": {"aux_logits": False, "init_weights": True}, "inception_v3": {"aux_logits": False, "init_weights": True}}

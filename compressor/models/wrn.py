@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UserError
-from .registry import FeaturePoint, register_model
+from compressor.core.errors import UserError
+from compressor.models.registry import FeaturePoint, register_model
 
 
 class Block(nn.Module):

@@ -1,0 +1,13 @@
+"""distill/: what the student learns from the teacher.
+
+Owns the attention points (`points`: hooks and dry forwards) and their pairing (`pairs`: the `Pair` dataclass),
+one module per loss term (`at`, `kd`, `grad_at`, `feature`; `terms`: what a term is) and the `objective` that
+composes the enabled terms. May import core, models and recipe; nothing here trains, exports or verifies.
+"""
+
+from compressor.distill.at import at_loss, attention_map
+from compressor.distill.kd import kd_loss
+from compressor.distill.objective import TERMS, Objective
+from compressor.distill.pairs import Pair, find_pairs
+
+__all__ = ["TERMS", "Objective", "Pair", "at_loss", "attention_map", "find_pairs", "kd_loss"]

@@ -1,0 +1,68 @@
+"""The class terms: Hinton knowledge distillation and cross-entropy.
+
+    kd = alpha · T² · KL(softmax(t/T) || softmax(s/T))     (batchmean; T² keeps gradient magnitudes T-independent)
+    ce = (1 − alpha) · CE(s, y)                             1 · CE(s, y) without KD (or without a teacher)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from compressor.distill.terms import Step, Weight, full
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch."""
+    t = temperature
+    log_p = F.log_softmax(full(student_logits) / t, dim=1)
+    q = F.softmax(full(teacher_logits) / t, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean") * (t * t)
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+) -> torch.Tensor:
+    """Hinton KD: KL(batchmean)·T²·alpha + cross-entropy·(1 − alpha)."""
+    kd = soft_target_loss(student_logits, teacher_logits, temperature) * alpha
+    return kd + F.cross_entropy(full(student_logits), labels) * (1.0 - alpha)
+
+
+class SoftTargets:
+    """`kd`: the soft-target term, weighted by alpha."""
+
+    name = "kd"
+    autocast = False
+    needs_input_grad = False
+
+    def __init__(self, weight: Weight, temperature: float):
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        return soft_target_loss(step.logits, step.teacher_logits, self.temperature)
+
+
+class CrossEntropy:
+    """`ce`: cross-entropy against the labels."""
+
+    name = "ce"
+    autocast = False
+    needs_input_grad = False
+
+    def __init__(self, weight: Weight):
+        self.weight = weight
+
+    def __call__(self, step: Step) -> torch.Tensor:
+        return F.cross_entropy(full(step.logits), step.labels)
+
+
+def build(ctx) -> list:
+    """kd and ce under `distill.kd` with a teacher; ce alone otherwise (a teacher trained from scratch)."""
+    kd = ctx.recipe.distill.kd
+    if ctx.teacher is None or not kd.enabled:
+        return [CrossEntropy(Weight(1.0))]
+    return [SoftTargets(Weight(kd.alpha), kd.temperature), CrossEntropy(Weight(1.0 - kd.alpha))]

@@ -1,0 +1,98 @@
+"""The distillation objective: the recipe's enabled terms, built once, summed once.
+
+    total = Σ_term weight_term(epoch) · term(step)
+
+`TERMS` is the registry: a recipe section's name -> the function that builds its terms from a `TermContext`
+(none when the section is off). The order of the registry is the order of the terms in every step's dict and in
+metrics.jsonl: kd, ce, at.<pair>..., feat.<pair>..., grad_at, grad_at.flip, then total. A new term (CRD, DKD, ...)
+is one new module with a term class and a `build(ctx)`, and one line here (and its recipe section).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compressor.distill import at, feature, grad_at, kd
+from compressor.distill.pairs import Pair
+from compressor.distill.terms import Step, Term
+
+TERMS: dict[str, Callable[["TermContext"], list[Term]]] = {
+    "kd": kd.build,  # kd and ce (ce alone without a teacher or without KD)
+    "at": at.build,
+    "feature": feature.build,
+    "grad_at": grad_at.build,
+}
+
+
+@dataclass
+class TermContext:
+    """What the term builders read. A builder whose terms have trainable parts (F-ActT's adapters) puts them
+    in `trainable`."""
+
+    recipe: object  # the validated Recipe
+    student: nn.Module
+    teacher: nn.Module | None  # None: a model trained from scratch (cross-entropy only)
+    pairs: Sequence[Pair]
+    device: torch.device
+    trainable: nn.Module | None = None
+
+
+class Objective:
+    """Called once per step with the step's tensors; returns the named weighted terms and their `total`, last."""
+
+    def __init__(self, terms: Sequence[Term], trainable: nn.Module | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.terms = list(terms)
+        self.trainable = trainable  # parameters trained with the student that are not the student's
+        self.autocast = autocast  # the step's precision, for the terms that run a network forward
+
+    @classmethod
+    def build(cls, recipe, student: nn.Module, teacher: nn.Module | None, pairs: Sequence[Pair],
+              device: torch.device, autocast=contextlib.nullcontext) -> "Objective":
+        ctx = TermContext(recipe, student, teacher, list(pairs), device)
+        terms = [term for build in TERMS.values() for term in build(ctx)]
+        return cls(terms, ctx.trainable, autocast)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    @property
+    def needs_input_grad(self) -> bool:
+        """A term differentiates the loss with respect to the images (gradient AT): x requires grad, and the
+        teacher's forward keeps its graph."""
+        return any(t.needs_input_grad for t in self.terms)
+
+    @property
+    def uses_features(self) -> bool:
+        """A term reads the attention points' outputs (AT, F-ActT)."""
+        return any(t.name.startswith(("at.", "feat.")) for t in self.terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.name != "ce" for t in self.terms)
+
+    def optimized(self, student: nn.Module) -> nn.Module:
+        """What the optimizer trains: the student, then the trainable parts (the student's parameter order
+        is unchanged)."""
+        return nn.ModuleList([student, self.trainable]) if self.trainable is not None else student
+
+    def state_dict(self) -> dict:
+        return self.trainable.state_dict() if self.trainable is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.trainable is not None:
+            self.trainable.load_state_dict(state)
+
+    def __call__(self, step: Step) -> dict[str, torch.Tensor]:
+        terms = {}
+        for term in self.terms:
+            with self.autocast() if term.autocast else contextlib.nullcontext():
+                terms[term.name] = term(step) * term.weight.at(step.epoch, step.epochs)
+        terms["total"] = sum(terms.values())
+        return terms

@@ -1,0 +1,155 @@
+"""Export a PyTorch classifier to one self-contained ONNX file, and prove the file computes the same thing.
+
+Exporter choice: the dynamo exporter (`torch.onnx.export(..., dynamo=True)`, built on `torch.export`).
+It is the default and the maintained path in torch 2.14; the TorchScript exporter is deprecated and
+warns on every call. The dynamo path emits opset 18 natively, expresses the dynamic batch axis as a
+checked `torch.export.Dim` (an export that would silently bake in the batch size fails instead), and
+its optimiser folds BatchNorm into the preceding Conv. There is deliberately no TorchScript fallback:
+two exporters would give two different graphs for the same model, and a model that `torch.export`
+rejects (data-dependent Python control flow) is reported to the user as such.
+
+We never give the exporter a file name: it returns an `ONNXProgram` whose `model_proto` holds every
+weight inline, and we serialise that proto ourselves. The exporter's `.onnx.data` side file therefore
+never exists, and the single file is written atomically. (Protobuf caps one file at 2 GB, far above
+any CNN this tool distils.)
+
+    info = export_onnx(model, "student.onnx", input_shape=(1, 28, 28), metadata={"arch": "wrn-16-1"})
+    parity = check_parity(model, "student.onnx", test_images[:256])   # the caller applies the tolerance
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from compressor.core.errors import UserError
+from compressor.core.fileio import atomic_path
+from compressor.export.runtime import create_session, onnx_predict
+
+EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"
+
+
+def _cpu_eval_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy in eval mode, fp32, on CPU, contiguous: the caller's model (maybe training, on CUDA) is untouched."""
+    return copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
+
+
+def _root_cause(e: BaseException) -> str:
+    """First line of the innermost cause: the exporter's own message is a generic 'step 1/3 failed' banner."""
+    while e.__cause__ is not None:
+        e = e.__cause__
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    path: str | os.PathLike,
+    *,
+    input_shape: tuple[int, int, int],
+    opset: int = 18,
+    metadata: dict[str, str] | None = None,
+    input_name: str = "input",
+    output_name: str = "logits",
+) -> dict:
+    """Export `model` ((N, C, H, W) -> (N, classes)) with a dynamic batch axis to one file at `path`.
+
+    `metadata` (class names as JSON, mean/std, arch, ...) goes into the model's metadata_props so the
+    file describes itself. Raises UserError with a one-line reason if the model cannot be exported;
+    on any failure nothing is written and an existing file at `path` is left as it was.
+    """
+    path = Path(path)
+    name = type(model).__name__
+    # Batch 2, not 1: torch.export specialises a dimension whose example size is 0 or 1.
+    example = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))  # (2, C, H, W)
+    try:
+        program = torch.onnx.export(
+            _cpu_eval_copy(model),
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
+        proto = program.model_proto  # weights inline: nothing is written to disk yet
+    except Exception as e:
+        raise UserError(f"cannot export {name} to ONNX: {_root_cause(e)}") from e
+
+    graph = proto.graph
+    if len(graph.input) != 1 or len(graph.output) != 1:
+        raise UserError(
+            f"cannot export {name} to ONNX: a classifier takes one image tensor and returns one logits "
+            f"tensor (this one has {len(graph.input)} inputs and {len(graph.output)} outputs)"
+        )
+    got_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got_opset != opset:
+        raise UserError(f"cannot export {name} to ONNX: asked for opset {opset}, the exporter produced {got_opset}")
+
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise UserError(f"cannot export {name} to ONNX: the exported graph is invalid: {_root_cause(e)}") from e
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, tmp, format="protobuf")
+    return {
+        "path": str(path),
+        "opset": opset,
+        "dynamic_batch": True,
+        "exporter": EXPORTER,
+        "input_name": input_name,
+        "output_name": output_name,
+        "bytes": path.stat().st_size,
+    }
+
+
+def check_parity(
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike,
+    images: torch.Tensor,
+    *,
+    batch_sizes: tuple[int, ...] = (1, 17),
+    session=None,
+) -> dict:
+    """Run PyTorch and onnxruntime on the same real images, in chunks of each batch size, and compare.
+
+    `images` are normalised (N, C, H, W) floats with N >= max(batch_sizes). Both sides run fp32 on CPU
+    (unless a `session` is passed), so a difference is the export's fault, not TF32 or a GPU kernel's.
+    Several batch sizes because a wrongly baked-in batch dimension only shows at a size other than
+    the example's. Returns the differences; the caller decides the tolerance.
+    """
+    if len(images) < max(batch_sizes):
+        raise ValueError(f"check_parity needs at least {max(batch_sizes)} images, got {len(images)}")
+    reference = _cpu_eval_copy(model)
+    session = session or create_session(onnx_path, device="cpu")
+    images = images.detach().float().cpu().contiguous()  # (N, C, H, W)
+
+    if session.fixed_batch:  # a file exported with a fixed batch runs at that size only
+        batch_sizes = (session.fixed_batch,)
+    per_batch: dict[str, float] = {}
+    agree, total, scale = 0, 0, 0.0
+    for b in batch_sizes:
+        with torch.no_grad():
+            expected = torch.cat([reference(chunk) for chunk in images.split(b)]).numpy()  # (N, classes)
+        actual = onnx_predict(session, images, batch_size=b)  # (N, classes)
+        if actual.shape != expected.shape:
+            raise UserError(f"{onnx_path}: returns logits of shape {actual.shape[1:]} per batch; the model it is "
+                            f"checked against returns {expected.shape[1:]}")
+        per_batch[str(b)] = float(np.abs(expected - actual).max())
+        scale = max(scale, float(np.abs(expected).max()))
+        agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+        total += len(images)
+    # scale: the largest |logit|, for a tolerance relative to it (fp32 rounding grows with the values)
+    return {"max_abs_diff": max(per_batch.values()), "per_batch": per_batch, "argmax_agree": agree / total,
+            "scale": scale, "images": len(images)}

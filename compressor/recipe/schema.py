@@ -1,0 +1,459 @@
+"""Recipes: YAML files validated by pydantic models (unknown keys are errors).
+
+`load_recipe(path, overrides)` reads the YAML, applies `--set dotted.key=value` overrides (values parsed as
+YAML, so `1000`, `[1, 64]` and `null` mean what they look like), validates, and raises one `UserError` that
+lists every problem as `path.to.key: message`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from compressor.core.errors import UserError, first_line
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Strict(BaseModel):
+    # unknown keys are typos; an infinite or NaN number (YAML .inf, 1e400) is never a meaningful setting
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class DataConfig(Strict):
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "imagefolder"] = "fashion_mnist"
+    root: str | None = Field(None, description="dataset folder; null = $COMPRESSOR_DATA or ./data")
+    limit_train: PositiveInt | None = Field(None, description="use at most this many training images (smoke runs)")
+    limit_test: PositiveInt | None = Field(None, description="use at most this many test images (smoke runs)")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train to choose the best epoch")
+    pad: int = Field(4, ge=0, le=64, description="reflect padding before the random crop (0 = no crop)")
+    flip: bool = Field(True, description="random horizontal flip")
+    image_size: PositiveInt = Field(224, description="imagefolder: the square size the models see (evaluation: "
+                                    "Resize(image_size / 0.875) + CenterCrop(image_size))")
+    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grey-scale, 3 = RGB")
+    loader: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode the images once and hold them as tensors; stream: decode each batch in "
+        "DataLoader workers (an ImageFolder); auto: memory when the decoded images fit memory_budget_gb and the "
+        "augmentation allows, else stream")
+    memory_budget_gb: float = Field(4.0, gt=0, description="auto loader: the most decoded images held in memory")
+    workers: int | None = Field(None, ge=0, description="stream: DataLoader worker processes; null = min(8, CPUs)")
+    augment: Literal["auto", "pad_crop", "random_resized_crop"] = Field(
+        "auto", description="training augmentation of an ImageFolder: pad_crop (the paper's reflect-pad + random crop "
+        "+ flip), random_resized_crop (+ flip; ImageNet-style, stream only); auto: pad_crop up to 64 px, else "
+        "random_resized_crop")
+    mean: list[float] | None = Field(None, description="normalisation; null = the teacher's own where it records it "
+                                     "(a compressor checkpoint, timm's pretrained_cfg), else the dataset's")
+    std: list[float] | None = Field(None, description="normalisation, with mean")
+
+    @model_validator(mode="after")
+    def _mean_with_std(self):
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("data.mean and data.std: give both or neither")
+        if self.mean is not None and (len(self.mean) != len(self.std) or min(self.std) <= 0):
+            raise ValueError("data.mean and data.std: one value per channel each, std > 0")
+        return self
+
+
+def _known_arch(name: str | None, pruned: bool = False) -> str | None:
+    """A model name the registry can build (registered, torchvision, timm:NAME), checked without building it;
+    with `pruned`, also `<name>-pruned` (how distill names a student grown from the teacher)."""
+    if name is None:
+        return name
+    from compressor.models import check_arch  # here, not at the top: the registry imports torchvision
+
+    base = name[: -len("-pruned")] if pruned and name.endswith("-pruned") else name
+    problem = check_arch(base)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+DEFAULT_TEACHER_ARCH = "wrn-16-2"
+
+
+def teacher_arch_given(recipe: "Recipe") -> bool:
+    """Whether the recipe's teacher.arch was written (in the file or a --set) rather than left at its default:
+    only a written one must match a compressor checkpoint's own architecture."""
+    return "arch" in recipe.teacher.model_fields_set
+
+
+class TeacherConfig(Strict):
+    arch: str = Field(DEFAULT_TEACHER_ARCH, description="architecture of a state_dict teacher and of `compress train`'s "
+                      "(registered, torchvision or timm:NAME); a compressor checkpoint names its own, which must "
+                      "be this one when it is given")
+    epochs: PositiveInt | None = Field(None, description="`compress train` epochs; null = train.epochs")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_exists(cls, v):
+        return _known_arch(v, pruned=True)
+
+
+def _amount(v, what: str, examples: str, units: str):
+    """A fraction of the teacher's (0 < v <= 1) or a count (>= 1000, or written with a unit such as 200k)."""
+    if v is None:
+        return v
+    if isinstance(v, (int, float)):
+        if not 0 < v <= 1 and v < 1000:
+            raise ValueError(f"a fraction must be in (0, 1]; a count must be >= 1000 (or written {examples})")
+        return float(v)
+    if not re.fullmatch(rf"\s*\d+(\.\d+)?\s*[{units}]?\s*", v):
+        raise ValueError(f"{v!r} is neither a fraction (0.25) nor a {what} ({examples})")
+    return v.strip()
+
+
+class StudentConfig(Strict):
+    arch: str | None = Field(None, description="registered architecture, e.g. wrn-16-1")
+    size: Union[float, str, None] = Field(
+        None, description="instead of arch: a fraction of the teacher's parameters (0.25) or a count (200k, 1.5M)"
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_exists(cls, v):
+        return _known_arch(v)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v):
+        return _amount(v, "parameter count", "200k, 1.5M", "kKmM")
+
+    flops: Union[float, str, None] = Field(
+        None, description="init teacher: also at most this many FLOPs per image: a fraction of the teacher's (0.25) "
+        "or a count (40M, 1.5G); with student.size both limits hold, alone it sizes the student by FLOPs"
+    )
+    init: Literal["auto", "scratch", "teacher"] = Field(
+        "auto", description="teacher: the teacher with channels pruned to student.size (kept names, one-to-one "
+        "attention pairs); scratch: a fresh network of the teacher's family; auto: teacher when the student is "
+        "sized and the teacher can be pruned, else scratch (measured: a grown student was 5.9 points ahead of a "
+        "scratch one at the demo's budget, 3 seeds, docs/RESULTS.md)"
+    )
+    criterion: Literal["taylor", "magnitude"] = Field(
+        "taylor", description="init teacher: which channels go (first-order Taylor from a few batches, or weight norm)"
+    )
+    keep_stem: bool = Field(True, description="init teacher: leave the first convolution's channels unpruned")
+    allocation: Literal["uniform", "global"] = Field(
+        "global", description="init teacher: remove the same fraction of every channel group (uniform), or rank all "
+        "groups' channels together by normalised importance (global)"
+    )
+    round_to: PositiveInt | None = Field(
+        4, description="init teacher: keep channel counts multiples of this; onnxruntime's CPU kernels ran a WRN with "
+        "15/31/63 or 14/30/62 channels 1.7x slower than one with 12/28/60 (docs/RESULTS.md); null = any count"
+    )
+    calibration_images: PositiveInt = Field(
+        2048, description="init teacher: training images for the Taylor scores and the BatchNorm recalibration"
+    )
+
+    @field_validator("flops")
+    @classmethod
+    def _flops(cls, v):
+        return _amount(v, "FLOPs count", "40M, 1.5G", "kKmMgG")
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if self.arch and (self.size is not None or self.flops is not None):
+            raise ValueError("set either student.arch or student.size / student.flops, not both")
+        if not self.arch and self.size is None and self.flops is None:
+            raise ValueError("set student.arch (e.g. wrn-16-1) or student.size (e.g. 0.25)")
+        if self.flops is not None and self.init == "scratch":
+            raise ValueError("student.flops sizes a student grown from the teacher; student.init: scratch sizes by "
+                             "parameters (student.size)")
+        if self.arch and self.init == "teacher":
+            raise ValueError("student.init: teacher prunes the teacher down to student.size; give student.size "
+                             "instead of student.arch (or student.init: scratch)")
+        return self
+
+
+class TrainConfig(Strict):
+    epochs: PositiveInt = 3
+    batch_size: PositiveInt = 128
+    lr: float = Field(0.1, gt=0, description="initial SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["multistep", "cosine", "constant"] = Field(
+        "cosine", description="learning-rate decay, stepped every iteration: cosine to 0; multistep: lr *= gamma at "
+        "each of train.milestones (required); constant"
+    )
+    milestones: list[PositiveInt] = Field(default_factory=list, validate_default=True,
+                                          description="multistep: epochs where lr *= gamma")
+    gamma: float = Field(0.2, gt=0, le=1)
+    channels_last: bool = True
+    compile: bool = Field(
+        False, description="torch.compile the student's and the teacher's forward: faster steps after a 10-60 s "
+        "compile (measured +11% on a 2-core CPU), worth it for runs longer than a few minutes; not with grad_at"
+    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="training precision: auto = bf16 on CUDA when supported and on CPUs that compute bf16 "
+        "natively (AVX512-BF16, AMX), fp32 on other CPUs; evaluation and export are always fp32"
+    )
+    checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = per epoch only)")
+    log_every: PositiveInt = Field(20, description="steps between progress-bar updates (each costs a host sync)")
+    sync_bn: bool = Field(False, description="multi-GPU (DDP on CUDA): SyncBatchNorm, batch statistics over all GPUs")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        # YAML 1.1 reads a bare `off` / `no` as false and `on` / `yes` as true: `amp: off` means "off"
+        return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("milestones")
+    @classmethod
+    def _sorted(cls, v, info: ValidationInfo):
+        if v != sorted(set(v)):
+            raise ValueError("milestones must be strictly increasing")
+        if not v and info.data.get("schedule") == "multistep":  # it would silently keep the learning rate constant
+            raise ValueError("required for schedule multistep (e.g. [60, 120, 160]); or use schedule cosine or "
+                             "constant")
+        return v
+
+
+class Pair(Strict):
+    teacher: str
+    student: str
+
+
+class ATConfig(Strict):
+    enabled: bool = True
+    beta: float = Field(1000.0, ge=0, description="weight of each attention pair (the paper's 1000)")
+    p: float = Field(2.0, gt=0, description="exponent of |A|^p in the attention map")
+    mapping: Literal["mean", "max"] = "mean"
+    pairs: Union[Literal["auto"], list[Pair]] = Field("auto", description="auto: pair stage outputs by resolution")
+    beta_schedule: Literal["constant", "step", "cosine"] = Field(
+        "constant", description="decay of beta over training (the paper decays it when AT is combined with KD)"
+    )
+    beta_milestones: list[PositiveInt] = Field(
+        default_factory=list, description="step: epochs where beta *= beta_gamma; empty = train.milestones"
+    )
+    beta_gamma: float = Field(0.1, gt=0, le=1, description="step: factor applied at each milestone")
+
+    @field_validator("beta_milestones")
+    @classmethod
+    def _beta_sorted(cls, v):
+        if v != sorted(set(v)):
+            raise ValueError("beta_milestones must be strictly increasing")
+        return v
+
+
+class GradATConfig(Strict):
+    enabled: bool = False
+    # 10: at initialisation the term is then about half the cross-entropy (measured: 0.13 at beta 1, WRN-16-2 -> 16-1
+    # on Fashion-MNIST); the paper does not give its value for the per-image squared norm used here
+    beta: float = Field(10.0, ge=0, description="weight of beta/2 * ||J_S - J_T||^2 (J = d loss / d input)")
+    flip: bool = Field(False, description="add the flip-invariance term beta/2 * ||J(x) - flip(J(flip(x)))||^2")
+
+
+class FeatureConfig(Strict):
+    enabled: bool = False
+    # 1: at initialisation each pair's term is then about 5 (measured, WRN-16-2 -> 16-1 on Fashion-MNIST), the order
+    # of the AT terms at the paper's beta = 1000
+    beta: float = Field(1.0, ge=0, description="weight of each pair's mean squared feature difference (F-ActT)")
+
+
+class KDConfig(Strict):
+    enabled: bool = True
+    alpha: float = Field(0.9, ge=0, le=1, description="weight of the soft-target term")
+    temperature: float = Field(4.0, gt=0)
+
+
+class DistillConfig(Strict):
+    at: ATConfig = Field(default_factory=ATConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    grad_at: GradATConfig = Field(default_factory=GradATConfig)
+    feature: FeatureConfig = Field(default_factory=FeatureConfig)
+
+
+class ExportConfig(Strict):
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset")
+    quantize: Literal["none", "int8"] = "none"
+    int8_format: Literal["qdq", "qoperator"] = Field(
+        "qdq", description="int8: QDQ (Quantize/DequantizeLinear pairs onnxruntime fuses) or QOperator (QLinearConv ...)")
+
+
+class VerifyConfig(Strict):
+    max_accuracy_drop: float | None = Field(2.0, ge=0, description="gate: points below the teacher (ONNX numbers)")
+    min_speedup: float | None = Field(None, gt=0, description="gate: teacher p50 / student p50 at every batch size")
+    max_latency_ms: dict[int, float] | None = Field(None, description="gate: student p50 per batch size")
+    max_abs_diff: float = Field(1e-4, gt=0, description="gate: PyTorch vs onnxruntime logits, the absolute floor "
+                                "of the tolerance max_abs_diff + parity_rtol * max|logit|")
+    parity_rtol: float = Field(1e-5, ge=0, description="gate: the part of the parity tolerance relative to the "
+                               "logits' scale (fp32 rounding grows with it)")
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 64])
+    warmup: int = Field(10, ge=0)
+    min_runs: PositiveInt = 100
+    min_seconds: float = Field(1.0, ge=0)
+    rounds: PositiveInt = Field(5, description="latency: teacher and student are timed in this many alternating "
+                                "rounds (drift and turbo hit both alike); the speed-up's interval is over rounds")
+    threads: PositiveInt | None = Field(None, description="onnxruntime intra-op threads; null = all cores")
+
+
+class Recipe(Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    student: StudentConfig = Field(default_factory=lambda: StudentConfig(arch="wrn-16-1"))
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+
+    def methods(self) -> list[str]:
+        d = self.distill
+        return [m for m, on in (("kd", d.kd.enabled), ("at", d.at.enabled and d.at.beta > 0),
+                                ("grad_at", d.grad_at.enabled and d.grad_at.beta > 0),
+                                ("feature", d.feature.enabled and d.feature.beta > 0)) if on]
+
+    @model_validator(mode="after")
+    def _beta_step_needs_milestones(self):
+        at = self.distill.at
+        if at.beta_schedule == "step" and not (at.beta_milestones or self.train.milestones):
+            raise ValueError("distill.at.beta_schedule: step needs distill.at.beta_milestones (or train.milestones)")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_has_no_double_backward(self):
+        if self.train.compile and "grad_at" in self.methods():
+            raise ValueError("train.compile: torch.compile cannot differentiate twice, which distill.grad_at needs; "
+                             "turn one of them off")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    shown = text if text.isprintable() else repr(text)  # a newline must not break the one-line message
+    if "=" not in text:
+        raise UserError(f"--set {shown}: expected dotted.key=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {shown}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML (or an impossible date): the text itself
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: Iterable[str]) -> dict:
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                shown = text if text.isprintable() else repr(text)
+                raise UserError(f"--set {shown}: {'.'.join(path[: i + 1])} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return raw
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid keys of the section that `loc` (a pydantic error location) points into."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _key(part) -> str:
+    """A key as the error line shows it: plain keys as written, odd ones (spaces, newlines, empty) quoted."""
+    if isinstance(part, str) and not re.fullmatch(r"[\w-]+", part):
+        return repr(part)
+    return str(part)
+
+
+def _user_loc(err: dict) -> tuple:
+    """The keys and indices of a pydantic error location, without the validator and union-member steps
+    ("function-after[...]", "list[Pair]", "float") pydantic inserts; an unknown key is kept whatever it looks like."""
+    unknown = err["loc"][-1:] if err["type"] == "extra_forbidden" else ()
+    steps = err["loc"][: len(err["loc"]) - len(unknown)]
+    return (*(p for p in steps if not (isinstance(p, str) and ("[" in p or p in _UNION_MEMBERS))), *unknown)
+
+
+_UNION_MEMBERS = ("float", "str", "int", "bool")
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per problem, `path.to.key: message`, with the closest valid key for an unknown one."""
+    lines = []
+    for err in exc.errors():
+        loc = _user_loc(err)
+        path = ".".join(_key(p) for p in loc) or "recipe"
+        msg = " ".join(err["msg"].split("\n"))
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc), n=1)
+            msg = "unknown key" + (f"; did you mean {'.'.join([*map(_key, loc[:-1]), close[0]])}?" if close else "")
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        line = f"{path}: {msg}"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def validate_recipe(raw: Any, source: str = "recipe") -> Recipe:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: a recipe is a mapping of sections (data, teacher, student, ...), got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise UserError(*format_errors(e)) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{p}: recipe not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{p}: is a directory, not a recipe file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: cannot read recipe ({e})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or first_line(e)
+        raise UserError(f"{p}{where}: invalid YAML: {problem}") from None
+    except ValueError as e:  # a value YAML recognises but cannot build, such as the date 2001-02-30
+        raise UserError(f"{p}: invalid YAML value ({e}); quote it to mean a string") from None
+    except RecursionError:
+        raise UserError(f"{p}: invalid YAML: nested too deeply") from None
+    if raw is None:  # no bytes, only blanks and comments, or a bare `null`: most likely the wrong or a truncated file
+        raise UserError(f"{p}: empty recipe file (a recipe is a mapping of sections: data, teacher, student, ...)")
+    return raw
+
+
+def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recipe:
+    """Read, override and validate a recipe; raise one UserError listing every problem."""
+    raw = read_yaml(path) if path is not None else {}
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides)
+    return validate_recipe(raw, str(path or "recipe"))
+
+
+def recipe_schema() -> dict:
+    return Recipe.model_json_schema()

@@ -1,0 +1,177 @@
+"""The pictures of a distillation run, written as PNGs into the run directory and embedded in report.md:
+
+- attention.png: for a few test images, the teacher's attention map at each pair beside the student's before
+  distillation (its initial weights) and after (the paper's figures);
+- curves.png: every loss term and the train / validation accuracy per epoch (from the metrics history);
+- latency.png: onnxruntime p50 latency per batch size, teacher vs student, with the speedup.
+
+matplotlib's object API with the Agg canvas: no display, and no global pyplot state in a library.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import nn
+
+from compressor.data.datasets import DataBundle, Normalize
+from compressor.core.errors import UserError
+from compressor.distill.pairs import Pair, find_pairs
+from compressor.distill.points import FeatureTap
+from compressor.core.fileio import atomic_path
+from compressor.distill.at import attention_map
+
+FIGURE_IMAGES = 4  # test images in the attention figure, of distinct classes where the split allows
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def pick_images(labels: torch.Tensor, n: int = FIGURE_IMAGES) -> list[int]:
+    """Indices of the first test image of each class, then the next images, up to n."""
+    first: dict[int, int] = {}
+    for i, y in enumerate(labels.tolist()):
+        first.setdefault(y, i)
+        if len(first) == n:
+            break
+    picked = sorted(first.values())
+    picked += [i for i in range(len(labels)) if i not in picked][: n - len(picked)]
+    return sorted(picked)
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, x: torch.Tensor, paths: list[str], p: float, mapping: str) -> list[torch.Tensor]:
+    """The model's attention map at each module path: [(N, H, W)] in eval mode, on the CPU."""
+    tap = FeatureTap(model, paths, tuple(x.shape[1:]))
+    was_training = model.training
+    try:
+        model.eval()
+        model(x.to(next(model.parameters()).device))
+        outs = tap.take()
+    finally:
+        tap.remove()
+        model.train(was_training)
+    return [attention_map(a, p, mapping).view(a.shape[0], *a.shape[-2:]).cpu() for a in outs]
+
+
+def attention_figure(
+    path: Path, images: torch.Tensor, x: torch.Tensor, titles: list[str], teacher: nn.Module, before: nn.Module,
+    after: nn.Module, pairs: list[Pair], p: float = 2, mapping: str = "mean",
+) -> None:
+    """Rows: images; columns: the input, then per pair teacher | student before | student after.
+
+    images: (N, C, H, W) uint8 for display; x: the same images normalised, as the models see them.
+    """
+    students = [pair.student.module for pair in pairs]
+    t_maps = attention_maps(teacher, x, [pair.teacher.module for pair in pairs], p, mapping)
+    b_maps = attention_maps(before, x, students, p, mapping)
+    a_maps = attention_maps(after, x, students, p, mapping)
+    n, cols = len(images), 1 + 3 * len(pairs)
+    fig = Figure(figsize=(1.25 * cols, 1.35 * n + 0.4))
+    axes = fig.subplots(n, cols, squeeze=False)
+    for i in range(n):
+        img = images[i].permute(1, 2, 0).numpy()
+        axes[i][0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+        axes[i][0].set_ylabel(titles[i], fontsize=7)
+        for j, (t_path, s_path) in enumerate((pair.teacher.module, pair.student.module) for pair in pairs):
+            maps = (t_maps[j][i], b_maps[j][i], a_maps[j][i])
+            vmax = max(float(m.max()) for m in maps)  # one colour scale per pair, so the three maps compare
+            for k, (m, who) in enumerate(zip(maps, (f"teacher\n{t_path}", f"student before\n{s_path}",
+                                                    f"student after\n{s_path}"))):
+                ax = axes[i][1 + 3 * j + k]
+                ax.imshow(m.numpy(), cmap="inferno", vmin=0, vmax=vmax, interpolation="bilinear")
+                if i == 0:
+                    ax.set_title(who, fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0][0].set_title("input", fontsize=6)
+    fig.suptitle("attention maps (mean |A|^p over channels, L2-normalised)", fontsize=8)
+    _save(fig, path)
+
+
+def curves_figure(path: Path, history: list[dict]) -> None:
+    """Loss terms (log scale) and train / validation accuracy per epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(9, 3.4))
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    names = list(dict.fromkeys(k for h in history for k in h.get("train_loss", {})))
+    for name in names:
+        values = [h["train_loss"].get(name, float("nan")) for h in history]
+        loss_ax.plot(epochs, values, marker="o", label=name, linewidth=2.2 if name == "total" else 1.2)
+    if all(v > 0 for h in history for v in h.get("train_loss", {}).values()):
+        loss_ax.set_yscale("log")
+    loss_ax.set(title="training loss terms (weighted)", xlabel="epoch")
+    loss_ax.legend(fontsize=6, ncol=2)
+    acc_ax.plot(epochs, [h.get("train_accuracy") for h in history], marker="o", label="train")
+    if any("val_accuracy" in h for h in history):
+        acc_ax.plot(epochs, [h.get("val_accuracy", float("nan")) for h in history], marker="s", label="validation")
+    acc_ax.set(title="accuracy (%)", xlabel="epoch")
+    acc_ax.legend(fontsize=7)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def latency_figure(path: Path, latency: dict) -> None:
+    """One panel per batch size (linear scale: the bars compare): p50 ms of teacher and student, speedup on top."""
+    batches = list(latency["student"])
+    fig = Figure(figsize=(0.6 + 1.9 * len(batches), 3.0))
+    axes = fig.subplots(1, len(batches), squeeze=False)[0]
+    for ax, b in zip(axes, batches):
+        ms = [latency["teacher"][b]["p50_ms"], latency["student"][b]["p50_ms"]]
+        bars = ax.bar(["teacher", "student"], ms, color=["#888888", "#d95f02"])
+        ax.bar_label(bars, [f"{v:.3g}" for v in ms], fontsize=7)
+        ax.set_title(f"batch {b}: {latency['speedup'][b]:.2f}x faster", fontsize=8)
+        ax.margins(y=0.15)
+        ax.tick_params(labelsize=7)
+    axes[0].set_ylabel("p50 latency (ms)", fontsize=8)
+    fig.suptitle(f"onnxruntime {latency.get('provider', '')}, {latency.get('threads', '?')} threads", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _figure_pairs(teacher: nn.Module, student: nn.Module, input_shape, pairs: list[Pair]) -> list[Pair]:
+    """The run's attention pairs; for a run without AT (the student alone, KD) the automatic ones, if any."""
+    if pairs:
+        return pairs
+    try:
+        return find_pairs("auto", teacher, student, input_shape)
+    except UserError:  # no points of equal resolution: no attention figure
+        return []
+
+
+def write_figures(
+    out: Path, report: dict, teacher: nn.Module, student: nn.Module, initial_state: dict, data: DataBundle,
+    recipe, pairs: list[Pair],
+) -> dict[str, str]:
+    """Write the run's PNGs under out/figures/; returns {title: path relative to out} for report["figures"]."""
+    figures = {}
+    pairs = _figure_pairs(teacher, student, data.input_shape, pairs)
+    if pairs:
+        idx = pick_images(data.test.labels)
+        images = data.test.take(torch.as_tensor(idx)).images
+        x = Normalize(data.mean, data.std, torch.device("cpu"))(images).contiguous()
+        before = copy.deepcopy(student)
+        before.load_state_dict(initial_state)
+        titles = [data.classes[int(data.test.labels[i])] for i in idx]
+        attention_figure(out / "figures" / "attention.png", images, x, titles, teacher, before, student, pairs,
+                         recipe.distill.at.p, recipe.distill.at.mapping)
+        figures["attention maps: teacher vs student before / after distillation"] = "figures/attention.png"
+    history = report["distillation"].get("history") or []
+    if history:
+        curves_figure(out / "figures" / "curves.png", history)
+        figures["training curves"] = "figures/curves.png"
+    if report.get("latency", {}).get("student"):
+        latency_figure(out / "figures" / "latency.png", report["latency"])
+        figures["latency per batch size"] = "figures/latency.png"
+    return figures

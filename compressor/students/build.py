@@ -1,0 +1,163 @@
+"""The student: named in the recipe, sized within the teacher's family from scratch, or grown from the teacher.
+
+`build_student(recipe, teacher, data)` decides and builds it; the decision and its reason are printed and go into
+report.json (`student.sizing`). `student.init`:
+- `teacher`: the teacher with channels pruned (pruning.py) to `student.size`, BatchNorm recalibrated;
+- `scratch`: the largest network of the teacher's family under `student.size` (sizing.py), freshly initialised;
+- `auto` (default): `teacher` when the student is sized and the teacher can be pruned, else `scratch` with one
+  line saying why. A named `student.arch` is always a scratch student.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from compressor.data.datasets import DataBundle, Normalize, make_batches
+from compressor.core.errors import UserError
+from compressor.models import create_model, is_registered
+from compressor.core.progress import console
+from compressor.students.pruning import CannotPrune, channel_plan, grow_student, recalibrate_bn
+from compressor.models.plan import apply_channel_plan, state_shapes
+from compressor.recipe.schema import Recipe
+from compressor.students.sizing import choose_student_size, parse_flops, parse_size
+from compressor.teachers.load import Teacher
+from compressor.models.measure import count_flops, count_params
+
+# teacher sources whose architecture the registry rebuilds (a pruned student must reload from plain data)
+REBUILDABLE = ("compressor checkpoint", "state_dict", "architecture (untrained)")
+TAYLOR_BATCHES = 4  # batches of the calibration images that score the channels (the rest only recalibrate BN)
+
+
+@dataclass
+class Student:
+    model: nn.Module
+    arch: str  # what the report calls it: a registered name, or "<base>-pruned"
+    base_arch: str  # the registered architecture the checkpoint rebuilds
+    plan: dict | None  # the channel plan of a pruned student (pruning.channel_plan), None for a plain one
+    sizing: dict
+
+    def checkpoint_fields(self) -> dict:
+        """What a checkpoint needs to rebuild this student: `arch` (+ `pruned`)."""
+        return {"arch": self.base_arch, **({"pruned": self.plan} if self.plan is not None else {})}
+
+
+def why_not_prunable(teacher: Teacher) -> str | None:
+    if teacher.source not in REBUILDABLE:
+        return (f"the teacher is a {teacher.source}, and a pruned student must be rebuilt from a registered "
+                "architecture when it is loaded")
+    if not is_registered(teacher.arch):
+        return f"its architecture {teacher.arch!r} is not registered, so a pruned student could not be rebuilt"
+    return None
+
+
+def build_student(recipe: Recipe, teacher: Teacher, data: DataBundle, saved: dict | None = None) -> Student:
+    """saved: the `student` entry of an interrupted run's training state (resume rebuilds that very student)."""
+    cfg = recipe.student
+    shape = data.input_shape
+    if saved is not None and saved.get("plan") is not None:
+        return _rebuild(saved, data)
+    if cfg.arch:
+        model = create_model(cfg.arch, data.num_classes, shape[0])
+        return Student(model, cfg.arch, cfg.arch, None,
+                       {"how": "named", "init": "scratch", "arch": cfg.arch, "reason": "named in the recipe"})
+    why_not = why_not_prunable(teacher) if cfg.init != "scratch" else "student.init: scratch"
+    if why_not is None:
+        try:
+            return _grow(recipe, teacher, data)
+        except CannotPrune as e:
+            why_not = f"the pruner cannot handle this teacher's graph ({e})"
+    if cfg.init == "teacher" or cfg.flops is not None:
+        raise UserError(f"student.init: teacher: cannot grow the student from the teacher: {why_not}")
+    arch, sizing = choose_student_size(teacher.arch, count_params(teacher.model), cfg.size,
+                                       num_classes=data.num_classes, input_shape=shape)
+    sizing["init"] = "scratch"
+    if cfg.init == "auto":
+        sizing["why_scratch"] = why_not
+        console.print(f"student.init auto: a scratch student, because {why_not}")
+    console.print(f"student size {sizing['target']}: {sizing['reason']}; {sizing['flops'] / 1e6:.2f}M FLOPs / image")
+    return Student(create_model(arch, data.num_classes, shape[0]), arch, arch, None, sizing)
+
+
+def _calibration(recipe: Recipe, data: DataBundle) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A seeded sample of un-augmented training images (on the CPU), in batches of up to 128."""
+    n = min(recipe.student.calibration_images, len(data.train))
+    g = torch.Generator().manual_seed(recipe.seed + 7919)
+    idx = torch.randperm(len(data.train), generator=g)[:n]
+    taken = data.train.take(idx)
+    images, labels = taken.images, taken.labels
+    normalize = Normalize(data.mean, data.std, torch.device("cpu"))
+    return [(normalize(images[i:i + 128]), labels[i:i + 128]) for i in range(0, n, 128)]
+
+
+def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | None:
+    """student.size / student.flops as a number (a fraction of the teacher's, or a count); None when not set."""
+    if amount is None:
+        return None
+    kind, value = parse(amount)
+    target = int(value * teacher_value) if kind == "fraction" else int(value)
+    if target >= teacher_value:
+        raise UserError(f"{key}: {amount} means {target:,} {unit}, not fewer than the teacher's {teacher_value:,}")
+    return target
+
+
+def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
+    from compressor.models.evaluate import evaluate
+
+    cfg = recipe.student
+    full = count_params(teacher.model)
+    t_flops = count_flops(teacher.model, data.input_shape)
+    target = _target(cfg.size, parse_size, full, "student.size", "parameters")
+    target_flops = _target(cfg.flops, parse_flops, t_flops, "student.flops", "FLOPs")
+    started = time.perf_counter()
+    calib = _calibration(recipe, data)
+    torch.manual_seed(recipe.seed)
+    model, info = grow_student(
+        teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes,
+        criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
+        global_ranking=cfg.allocation == "global", grad_batches=lambda: calib[:TAYLOR_BATCHES],
+    )
+    recalibrate_bn(model, (x for x, _ in calib))
+    base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
+    plan = channel_plan(model, base)
+    seconds = time.perf_counter() - started
+    test = make_batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
+    pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
+    flops = count_flops(model, data.input_shape)
+    arch = f"{teacher.arch}-pruned"
+    limits = ", ".join(t for t in (target and f"target {target:,} parameters",
+                                   target_flops and f"{target_flops:,} FLOPs") if t)
+    how = "of each channel group" if cfg.allocation == "uniform" else "of all channels, ranked globally,"
+    reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {info['ratio']:.0%} {how} "
+              f"removed{' (stem kept)' if cfg.keep_stem else ''}: {info['params']:,} parameters "
+              f"({info['params'] / full:.1%} of the teacher), {flops / t_flops:.1%} of its FLOPs ({limits})")
+    sizing = {
+        "how": "pruned", "init": "teacher", "arch": arch, "base_arch": teacher.arch,
+        "target": str(cfg.size) if cfg.size is not None else None, "target_params": target,
+        "flops_target": cfg.flops, "target_flops": target_flops, "params": info["params"], "flops": flops,
+        "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
+        "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
+        "round_to": cfg.round_to, "calibration_images": sum(len(y) for _, y in calib), "pruned_modules": len(plan),
+        "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
+    }
+    console.print(f"student grown from the teacher: {reason}; test accuracy right after pruning and BN "
+                  f"recalibration {pruned_acc:.2f}% ({seconds:.1f} s)")
+    return Student(model, arch, teacher.arch, plan, sizing)
+
+
+def _rebuild(saved: dict, data: DataBundle) -> Student:
+    """The pruned student of an interrupted run, from its saved channel plan (its weights come from the state)."""
+    base = create_model(saved["base_arch"], data.num_classes, data.input_shape[0])
+    model = apply_channel_plan(base, saved["plan"], saved["shapes"])
+    return Student(model, saved["arch"], saved["base_arch"], saved["plan"], dict(saved["sizing"]))
+
+
+def saved_entry(student: Student) -> dict:
+    """What the training state keeps so that --resume rebuilds the same student without pruning again."""
+    return {"arch": student.arch, "base_arch": student.base_arch, "plan": student.plan, "sizing": student.sizing,
+            "shapes": state_shapes(student.model.state_dict()) if student.plan is not None else None}
+
+
