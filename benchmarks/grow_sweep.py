@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compressor.data.datasets import load_data  # noqa: E402
 from compressor.core.device import resolve_device, seed_everything  # noqa: E402
 from compressor.distill.pairs import find_pairs  # noqa: E402
-from compressor.jobs.pipeline import _batches_for  # noqa: E402
+from compressor.jobs.common import batches_for  # noqa: E402
 from compressor.recipe.schema import load_recipe  # noqa: E402
 from compressor.students.build import build_student  # noqa: E402
 from compressor.teachers.load import load_teacher  # noqa: E402
@@ -48,7 +48,7 @@ def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> di
         result = fit(student.model, data, recipe, device=dev, state_path=Path(tmp) / "state.pt",
                      metrics_path=Path(tmp) / "metrics.jsonl", role="distill", teacher=teacher.model, pairs=pairs)
         seconds = time.perf_counter() - t0
-    test = evaluate(result.model, _batches_for(data.test, data, dev, recipe), dev)
+    test = evaluate(result.model, batches_for(data.test, data, dev, recipe), dev)
     return {"seed": seed, "accuracy": test["accuracy"], "val_accuracy": result.best_val_accuracy,
             "after_pruning": student.sizing.get("accuracy_after_pruning"), "params": count_params(result.model),
             "methods": recipe.methods(), "train_images": sum(h["train_images"] for h in result.history),

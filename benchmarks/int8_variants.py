@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from compressor.data.datasets import Normalize, load_data, stratified_indices  # noqa: E402
 from compressor.recipe.schema import validate_recipe  # noqa: E402
-from compressor.export.runtime import (  # noqa: E402
-    cpu_has_vnni, create_session, measure_latencies, quantize_int8, speedups,
-)
+from compressor.export.int8 import cpu_has_vnni, quantize_int8  # noqa: E402
+from compressor.export.sessions import create_session  # noqa: E402
+from compressor.verify.latency import measure_latencies, speedups  # noqa: E402
 from compressor.verify.student import onnx_split_accuracy  # noqa: E402
 
 

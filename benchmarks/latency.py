@@ -31,7 +31,8 @@ from compressor.core.device import environment
 from compressor.core.errors import CompressorError
 from compressor.export.onnx import export_onnx
 from compressor.models import create_model
-from compressor.export.runtime import create_session, latency_meta, measure_latency
+from compressor.export.sessions import create_session
+from compressor.verify.latency import latency_meta, measure_latency
 
 
 def parse_args(argv=None) -> argparse.Namespace:

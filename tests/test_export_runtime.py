@@ -21,20 +21,19 @@ from torch import nn
 
 from compressor.core.errors import UserError
 from compressor.export.onnx import check_parity, export_onnx
-from compressor.export.runtime import (
-    check_onnx_file,
-    create_session,
-    latency_meta,
-    measure_latency,
-    onnx_accuracy,
-    onnx_predict,
-    quantize_int8,
-)
+from compressor.export.int8 import quantize_int8
+from compressor.export.sessions import check_onnx_file, create_session, onnx_predict
+from compressor.verify.latency import latency_meta, measure_latency
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 MEAN, STD = 0.2860, 0.3530
 SHAPE = (1, 28, 28)
 METADATA = {"arch": "tiny-cnn", "classes": json.dumps([str(i) for i in range(10)]), "mean": "[0.286]", "std": "[0.353]"}
+
+
+def onnx_accuracy(session, images, labels) -> float:
+    """Top-1 accuracy (%) of an onnxruntime session on (images, labels)."""
+    return float(100.0 * (onnx_predict(session, images).argmax(1) == labels.numpy()).mean())
 
 
 def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

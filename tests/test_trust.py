@@ -258,7 +258,7 @@ def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     """A correct export of a network with large logits differs from PyTorch by more than 1e-4 in absolute terms;
     the gate allows max_abs_diff + parity_rtol * max|logit|, and still catches a changed weight."""
     from compressor.models import checkpoint as ckpt_io
-    from compressor.jobs.pipeline import export_checkpoint
+    from compressor.jobs.export import export_checkpoint
     from compressor.core.errors import GateFailure
 
     ck = torch.load(small_teacher, weights_only=True)
@@ -273,7 +273,7 @@ def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     ckpt_io.save({**ck, "state_dict": wrong}, tmp_path / "wrong.pt")
     from compressor.models.checkpoint import load_model
     from compressor.export.onnx import check_parity
-    from compressor.jobs.pipeline import _parity_images
+    from compressor.jobs.export import _parity_images
 
     model, _ = load_model(tmp_path / "wrong.pt")
     parity = check_parity(model, tmp_path / "big.onnx", _parity_images(ck, (1, 28, 28)))

@@ -37,7 +37,7 @@ def test_export_fails_when_the_onnx_graph_is_altered(teacher_ckpt, tmp_path, cli
     """A wrong model never passes: perturb one weight of the exported graph and verify parity fails."""
     from compressor.models.checkpoint import load_model
     from compressor.export.onnx import check_parity
-    from compressor.jobs.pipeline import _parity_images
+    from compressor.jobs.export import _parity_images
 
     path = tmp_path / "t.onnx"
     assert cli("export", teacher_ckpt, "--out", path).exit_code == 0
@@ -67,7 +67,7 @@ def test_int8_is_measured_beside_fp32(teacher_ckpt, tmp_path, cli):
     report = json.loads((out / "report.json").read_text())
     q = report["int8"]
     assert (out / "student.int8.onnx").is_file() and q["weights"] == "int8"
-    from compressor.export.runtime import cpu_has_vnni
+    from compressor.export.int8 import cpu_has_vnni
 
     assert q["reduce_range"] == (not cpu_has_vnni())  # 7-bit weights only where u8s8 products could saturate
     assert q["provider"] == "CPUExecutionProvider" and set(q["fp32_latency"]) == set(q["latency"])  # same provider

@@ -40,7 +40,7 @@ def distill(
     """
     from compressor.core import distributed
     from compressor.core.errors import UserError
-    from compressor.jobs.pipeline import distill as run_distill
+    from compressor.jobs.distill import distill as run_distill
     from compressor.recipe.schema import load_recipe
 
     sets = overrides(set_, device)

@@ -32,7 +32,7 @@ def export(
     ] = False,
 ) -> None:
     """Export a model to one self-contained ONNX file and prove PyTorch/onnxruntime parity."""
-    from compressor.jobs.pipeline import export_checkpoint
+    from compressor.jobs.export import export_checkpoint
 
     from compressor.core.errors import UserError
 

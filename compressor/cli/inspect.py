@@ -28,7 +28,7 @@ def inspect(
     ] = False,
 ) -> None:
     """List candidate attention points (stage outputs): module path, output shape, stride."""
-    from compressor.jobs.pipeline import inspect_model
+    from compressor.jobs.inspect import inspect_model
 
     inspect_model(model, input_shape=input_shape, num_classes=num_classes, arch=arch, trust=trust_teacher,
                   all_modules=all_modules)

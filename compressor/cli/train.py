@@ -20,7 +20,7 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
 ) -> None:
     """Train the recipe's [bold]teacher[/] from scratch; writes a self-describing checkpoint."""
-    from compressor.jobs.pipeline import train_teacher
+    from compressor.jobs.teacher import train_teacher
     from compressor.recipe.schema import load_recipe
 
     r = load_recipe(recipe, overrides(set_, device))

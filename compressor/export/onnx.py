@@ -29,7 +29,7 @@ import torch
 
 from compressor.core.errors import UserError
 from compressor.core.fileio import atomic_path
-from compressor.export.runtime import create_session, onnx_predict
+from compressor.export.sessions import create_session, onnx_predict
 
 EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"
 

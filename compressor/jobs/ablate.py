@@ -2,7 +2,7 @@
 
 Trains, at an equal budget (the recipe's epochs, batch size and schedule), the student alone, KD, AT, AT+KD,
 F-ActT (and gradient-based AT when the recipe enables it), N seeds each. Every run is an ordinary
-`pipeline.distill` in OUT/<method>/seed<k>/ with the recipe's methods switched by overrides, so each writes its
+`jobs.distill.distill` in OUT/<method>/seed<k>/ with the recipe's methods switched by overrides, so each writes its
 student.onnx and report.json and is measured by the same onnxruntime verification; the table takes the error
 (100 - onnxruntime test accuracy), parameters and batch-1 p50 latency from those reports.
 
@@ -27,7 +27,8 @@ from pathlib import Path
 from compressor.models import checkpoint as ckpt_io
 from compressor.core.errors import GateFailure, UserError
 from compressor.core.fileio import write_json, write_text
-from compressor.jobs.pipeline import FINISHED_MARKER, distill
+from compressor.jobs.distill import distill
+from compressor.jobs.outdir import FINISHED_MARKER
 from compressor.core.progress import console
 from compressor.recipe.schema import Recipe, apply_overrides, read_yaml, validate_recipe
 from compressor.teachers.load import file_format

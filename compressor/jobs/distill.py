@@ -1,0 +1,174 @@
+"""`compress distill`, the main job: a student grown (or built) for the teacher, distilled, tested, exported,
+verified in onnxruntime and reported; exit 1 (GateFailure) after every file is written when a gate fails.
+
+    load data and teacher -> build the student -> pair attention points -> fit -> test in PyTorch
+    -> save student.pt -> export + verify (verify.student) -> figures, report.json, report.md
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from compressor.core import distributed
+from compressor.core.device import environment, memory_format, resolve_device, seed_everything
+from compressor.core.fileio import write_json, write_text
+from compressor.core.progress import TrainProgress, console
+from compressor.data.datasets import load_data
+from compressor.distill.pairs import find_pairs
+from compressor.distill.points import modified_in_place
+from compressor.export.sessions import require_provider
+from compressor.jobs.common import batches_for, raise_failed
+from compressor.jobs.outdir import FIGURE_FILES, RUN_FILES, RunPaths, claim_out_dir, claimed, remove_leftovers
+from compressor.models import checkpoint as ckpt_io
+from compressor.models.evaluate import evaluate
+from compressor.models.measure import count_flops, count_params
+from compressor.recipe.schema import Recipe, teacher_arch_given
+from compressor.report.figures import write_figures
+from compressor.report.markdown import print_summary, render_markdown
+from compressor.students.build import build_student, saved_entry
+from compressor.teachers.load import load_teacher
+from compressor.train.loop import fit
+from compressor.verify.student import verify_student
+
+
+def _saved_student(paths: RunPaths, resume: bool) -> dict | None:
+    """--resume of a run whose student was grown from the teacher: the saved channel plan rebuilds it."""
+    if not (resume and paths.state.exists()):
+        return None
+    state = ckpt_io.load_trusted_dict(paths.state)
+    entry = state.get("student") if isinstance(state, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def distill(
+    teacher_path: Path,
+    recipe: Recipe,
+    out: Path,
+    *,
+    device: str | None = None,
+    resume: bool = False,
+    force: bool = False,
+    trust_teacher: bool = False,
+) -> dict:
+    """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails."""
+    started = time.perf_counter()
+    paths = RunPaths(out)
+    require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
+    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    parallel = distributed.describe(recipe.train)
+    claim = distributed.on_main(claim_out_dir, out, resume=resume, force=force)
+    return claimed(claim, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher),
+                    paths.state)
+
+
+def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, started: float, resume: bool,
+             trust_teacher: bool) -> dict:
+    paths = RunPaths(out)
+    distributed.on_main(remove_leftovers, out, RUN_FILES)
+    distributed.on_main(remove_leftovers, out / "figures", FIGURE_FILES)
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher,
+                           arch_given=teacher_arch_given(recipe), normalisation_given=recipe.data.mean is not None)
+    if data.info.get("normalisation") == "teacher":
+        console.print(f"normalising with the teacher's own mean {list(data.mean)} / std {list(data.std)} (it records "
+                      "them; set data.mean and data.std to override)")
+    console.print(f"data: {data.info['loader']} loader ({data.info['loader_reason']})")
+    grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
+    student, student_arch, sizing = grown.model, grown.arch, grown.sizing
+    at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
+    uses_pairs = at_on or (recipe.distill.feature.enabled and recipe.distill.feature.beta > 0)  # AT and F-ActT
+    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student, data.input_shape) if uses_pairs else []
+    console.print(
+        f"distilling [bold]{student_arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
+        f"({count_params(teacher.model) / 1e6:.3f}M, {teacher.source}) on {data.name}: {len(data.train)} train images, "
+        f"{recipe.train.epochs} epochs, methods {'+'.join(recipe.methods()) or 'none (student alone)'}, device {dev}"
+    )
+    for pair in pairs:
+        t, s = pair.teacher, pair.student
+        console.print(f"  attention pair: teacher {t.module} {list(t.shape)} <-> student {s.module} {list(s.shape)}")
+    for role, model, points in (("teacher", teacher.model, [p.teacher for p in pairs]),
+                                ("student", student, [p.student for p in pairs])):
+        for path in modified_in_place(model, [p.module for p in points], data.input_shape):
+            console.print(f"  {role} point {path}: a later in-place op (e.g. ReLU(inplace=True)) changes its output; "
+                          "the output as the module returns it is copied for the loss")
+    initial_student = {k: v.detach().clone() for k, v in student.state_dict().items()}  # the "before" figure
+    result = fit(
+        student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
+        teacher=teacher.model, pairs=pairs, resume=resume,
+        progress=TrainProgress("distill") if distributed.is_main() else None,
+        checkpoint_extra=lambda: {"student": saved_entry(grown)},
+    )
+    if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
+        return {}
+    test_batches = batches_for(data.test, data, dev, recipe)
+    teacher_model = teacher.model.to(dev, memory_format=memory_format(recipe.train.channels_last))
+    t_test = evaluate(teacher_model, test_batches, dev)
+    s_test = evaluate(result.model, test_batches, dev, predictions=True)
+    ck = ckpt_io.model_checkpoint(
+        result.model, **grown.checkpoint_fields(), classes=data.classes, input_shape=data.input_shape,
+        mean=data.mean, std=data.std, dataset=data.name, kind="student",
+        metrics={"test_accuracy": s_test["accuracy"], "best_epoch": result.best_epoch,
+                 "val_accuracy": result.best_val_accuracy, "epochs": recipe.train.epochs},
+        teacher={"path": str(teacher_path), "arch": teacher.arch, "test_accuracy": t_test["accuracy"]},
+        recipe=recipe.model_dump(mode="json"),
+    )
+    ckpt_io.save(ck, out / "student.pt")
+    console.print(f"test accuracy (PyTorch): teacher {t_test['accuracy']:.2f}%, student {s_test['accuracy']:.2f}%")
+
+    report = {
+        "passed": None,
+        "recipe": recipe.name,
+        "teacher": {
+            "arch": teacher.arch, "source": teacher.source, "path": str(teacher_path),
+            "params": count_params(teacher.model), "flops": count_flops(teacher.model, data.input_shape),
+            "accuracy": t_test["accuracy"], "onnx_accuracy": None,
+        },
+        "student": {
+            "arch": student_arch, "params": count_params(result.model),
+            "flops": count_flops(result.model, data.input_shape), "accuracy": s_test["accuracy"],
+            "onnx_accuracy": None, "sizing": sizing,
+        },
+        "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
+                 "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
+                 "loader": data.info.get("loader"), "loader_reason": data.info.get("loader_reason"),
+                 "normalisation": data.info.get("normalisation", "dataset")},
+        "distillation": {
+            "methods": recipe.methods(),
+            "pairs": [pair.describe() for pair in pairs],
+            "beta": recipe.distill.at.beta if at_on else None,
+            "epochs": recipe.train.epochs,
+            "best_epoch": result.best_epoch,
+            "val_accuracy": result.best_val_accuracy,
+            "train_seconds": result.train_seconds,
+            "images_per_second": result.images_per_second,
+            "batch_size": recipe.train.batch_size,
+            "lr": recipe.train.lr,
+            "resumed_from_epoch": result.resumed_from,
+            "first_step_seconds": result.first_step_at - started if result.first_step_at is not None else None,
+            "amp": result.amp,
+            "history": result.history,
+        },
+    }
+    report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
+    verified = verify_student(result.model, teacher.model, data, recipe, out, student_arch=student_arch,
+                              teacher_arch=teacher.arch, torch_predictions=s_test["predictions"])
+    for role, accuracy in verified.pop("onnx_accuracy").items():
+        report[role]["onnx_accuracy"] = accuracy
+    report.update(verified)
+    report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
+    report["wall_seconds"] = time.perf_counter() - started
+    report["passed"] = all(g["passed"] for g in report["gates"])
+
+    report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
+
+
+    write_text(out / "report.md", render_markdown(report))
+    write_json(out / "report.json", report)
+    print_summary(report)
+    console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
+    raise_failed(report["gates"])
+    return report
+
+

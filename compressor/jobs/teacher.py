@@ -1,0 +1,67 @@
+"""`compress train`: a teacher trained from scratch, saved as a self-describing checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compressor.core import distributed
+from compressor.core.device import resolve_device, seed_everything
+from compressor.core.errors import UserError
+from compressor.core.progress import TrainProgress, console
+from compressor.data.datasets import load_data
+from compressor.jobs.common import batches_for
+from compressor.jobs.outdir import claim, claimed, remove_leftovers
+from compressor.models import checkpoint as ckpt_io
+from compressor.models import create_model
+from compressor.models.evaluate import evaluate
+from compressor.models.measure import count_params
+from compressor.recipe.schema import Recipe
+from compressor.train.loop import fit
+
+
+def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False) -> dict:
+    """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint."""
+    if out.exists() and out.is_dir():
+        raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
+    state_path = out.with_name(out.name + ".state")
+    metrics_path = out.with_name(out.stem + ".metrics.jsonl")
+
+    def check() -> None:
+        if out.exists() and not force and not resume:
+            raise UserError(f"--out: {out} exists; pass --force to overwrite it")
+        if state_path.exists() and not resume and not force:
+            raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
+
+    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    held = distributed.on_main(claim, out.parent, f".{out.name}.lock", out, check)
+    return claimed(held, lambda: _train_teacher(recipe, out, dev, state_path, metrics_path, resume), state_path)
+
+
+def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_path: Path, resume: bool) -> dict:
+    distributed.on_main(remove_leftovers, out.parent, (out.name, state_path.name, metrics_path.name))
+    seed_everything(recipe.seed)
+    data = load_data(recipe.data, recipe.seed)
+    model = create_model(recipe.teacher.arch, data.num_classes, data.input_shape[0])
+    epochs = recipe.teacher.epochs or recipe.train.epochs
+    console.print(
+        f"training teacher [bold]{recipe.teacher.arch}[/] ({count_params(model) / 1e6:.2f}M params) on "
+        f"{data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / {len(data.test)} test images, "
+        f"{epochs} epochs, device {dev}"
+    )
+    result = fit(
+        model, data, recipe, device=dev, state_path=state_path, metrics_path=metrics_path, role="teacher",
+        epochs=epochs, resume=resume, progress=TrainProgress("teacher") if distributed.is_main() else None,
+    )
+    if not distributed.finish():  # the other ranks are done; rank 0 tests and saves
+        return {}
+    test = evaluate(result.model, batches_for(data.test, data, dev, recipe), dev)
+    ck = ckpt_io.model_checkpoint(
+        result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,
+        mean=data.mean, std=data.std, dataset=data.name, kind="teacher",
+        metrics={"test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
+                 "val_accuracy": result.best_val_accuracy, "epochs": epochs},
+        recipe=recipe.model_dump(mode="json"),
+    )
+    ckpt_io.save(ck, out)
+    console.print(f"teacher test accuracy {test['accuracy']:.2f}% (best epoch {result.best_epoch}); wrote {out}")
+    return {"path": str(out), "test_accuracy": test["accuracy"], "best_epoch": result.best_epoch}
