@@ -43,15 +43,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torchdistill_run as td
 from torch.nn import functional as F
 
-import torchdistill_run as td
-from compressor.data.datasets import Batches, Normalize, Split, load_data
 from compressor.core.device import amp_dtype, autocast, environment, memory_format
 from compressor.core.errors import CompressorError
+from compressor.data.batches import Batches, Normalize
+from compressor.data.datasets import load_data
+from compressor.data.splits import Split
 from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.recipe.load import load_recipe
 from compressor.train.loop import fit
 from compressor.train.optim import build_optimizer
 

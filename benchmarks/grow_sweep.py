@@ -22,16 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compressor.data.datasets import load_data  # noqa: E402
 from compressor.core.device import resolve_device, seed_everything  # noqa: E402
+from compressor.data.datasets import load_data  # noqa: E402
 from compressor.distill.pairs import find_pairs  # noqa: E402
 from compressor.jobs.common import batches_for  # noqa: E402
-from compressor.recipe.schema import load_recipe  # noqa: E402
+from compressor.models.evaluate import evaluate
+from compressor.models.measure import count_params  # noqa: E402
+from compressor.recipe.load import load_recipe  # noqa: E402
 from compressor.students.build import build_student  # noqa: E402
 from compressor.teachers.load import load_teacher  # noqa: E402
 from compressor.train.loop import fit  # noqa: E402
-from compressor.models.evaluate import evaluate
-from compressor.models.measure import count_params  # noqa: E402
 
 
 def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> dict:

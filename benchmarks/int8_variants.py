@@ -23,10 +23,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compressor.data.datasets import Normalize, load_data, stratified_indices  # noqa: E402
-from compressor.recipe.schema import validate_recipe  # noqa: E402
+from compressor.data.batches import Normalize
+from compressor.data.datasets import load_data  # noqa: E402
+from compressor.data.splits import stratified_indices
 from compressor.export.int8 import cpu_has_vnni, quantize_int8  # noqa: E402
 from compressor.export.sessions import create_session  # noqa: E402
+from compressor.recipe.load import validate_recipe  # noqa: E402
 from compressor.verify.latency import measure_latencies, speedups  # noqa: E402
 from compressor.verify.student import onnx_split_accuracy  # noqa: E402
 

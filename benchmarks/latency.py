@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compressor.models.checkpoint import load_model
 from compressor.core.device import environment
 from compressor.core.errors import CompressorError
 from compressor.export.onnx import export_onnx
-from compressor.models import create_model
 from compressor.export.sessions import create_session
+from compressor.models import create_model
+from compressor.models.checkpoint import load_model
 from compressor.verify.latency import latency_meta, measure_latency
 
 

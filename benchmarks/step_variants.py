@@ -37,12 +37,12 @@ import time
 import torch
 from torch.nn import functional as F
 
-from compressor.data.datasets import Normalize, augment_batch
+from compressor.data.batches import Normalize, augment_batch
 from compressor.distill.at import channel_energy
-from compressor.teachers.fold import fold_batchnorm
-from compressor.distill.points import FeatureTap
 from compressor.distill.kd import soft_target_loss
+from compressor.distill.points import FeatureTap
 from compressor.models import create_model
+from compressor.teachers.fold import fold_batchnorm
 
 POINTS = ["group0", "group1", "group2"]  # WRN stage outputs: the attention pairs fit() gets for these models
 VARIANTS = ["base", "contiguous", "inference-mode", "fold", "fused-at", "fold+fused-at", "compile",

@@ -121,9 +121,10 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 
 
 def loader_alone(folder: Path, images: int, workers: int) -> dict:
-    from compressor.data.datasets import Normalize, load_data
-    from compressor.recipe.schema import DataConfig
+    from compressor.data.batches import Normalize
+    from compressor.data.datasets import load_data
     from compressor.data.streaming import StreamBatches
+    from compressor.recipe.schema import DataConfig
 
     data = load_data(DataConfig(name="imagefolder", root=str(folder), image_size=64, channels=3, loader="stream",
                                 limit_train=images, val_fraction=0.0), seed=0)

@@ -6,7 +6,7 @@ The public Python API (see CONTRACT.md): `attention_map`, `at_loss`, `kd_loss`, 
 
 from .distill.at import at_loss, attention_map
 from .distill.kd import kd_loss
-from .recipe.schema import load_recipe
+from .recipe.load import load_recipe
 
 __version__ = "0.1.0"
 __all__ = ["at_loss", "attention_map", "kd_loss", "load_recipe", "__version__"]

@@ -73,8 +73,8 @@ def teacher_ckpt(tmp_path_factory) -> Path:
 def small_teacher(tmp_path_factory) -> Path:
     """A seeded, untrained WRN-10-1 saved as a Fashion-MNIST compressor checkpoint: for tests that need a
     valid, fixed teacher file (resuming, bad inputs), not a good one."""
-    from compressor.models import checkpoint as ckpt_io
     from compressor.data.datasets import NORMALISATION
+    from compressor.models import checkpoint as ckpt_io
     from compressor.models import create_model
 
     torch.manual_seed(0)

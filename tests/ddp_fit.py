@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.models import checkpoint
 from compressor.core import distributed
-from compressor.data.datasets import load_data
 from compressor.core.device import seed_everything
+from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
-from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.models import checkpoint, create_model
+from compressor.recipe.load import load_recipe
 from compressor.train.loop import fit
 
 RECIPE = Path(__file__).resolve().parent / "smoke.yaml"

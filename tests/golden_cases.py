@@ -40,8 +40,8 @@ CASES = {
 
 def make_teacher(path: Path) -> Path:
     """A seeded, untrained WRN-10-1 Fashion-MNIST checkpoint: the same weights on every machine."""
-    from compressor.models import checkpoint as ckpt_io
     from compressor.data.datasets import NORMALISATION
+    from compressor.models import checkpoint as ckpt_io
     from compressor.models import create_model
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from compressor.jobs.ablate import GRAD_AT, METHODS, Method, methods_for, render_markdown, summarise
-from compressor.recipe.schema import load_recipe
+from compressor.recipe.load import load_recipe
 
 from .conftest import RECIPE, run_cli, sets
 

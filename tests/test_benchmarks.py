@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from compressor.distill.at import channel_energy
-from compressor.teachers.fold import conv_bn_pairs, fold_batchnorm
 from compressor.distill.points import FeatureTap
 from compressor.models import create_model
+from compressor.teachers.fold import conv_bn_pairs, fold_batchnorm
 
 from .conftest import ROOT
 

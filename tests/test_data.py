@@ -2,7 +2,8 @@
 
 import torch
 
-from compressor.data.datasets import Batches, Normalize, augment_batch, load_data
+from compressor.data.batches import Batches, Normalize, augment_batch
+from compressor.data.datasets import load_data
 from compressor.recipe.schema import DataConfig
 
 

@@ -31,9 +31,11 @@ import pytest
 import torch
 
 from compressor.core import distributed
-from compressor.data.datasets import Batches, Normalize, load_data
 from compressor.core.errors import UserError
-from compressor.recipe.schema import DataConfig, load_recipe
+from compressor.data.batches import Batches, Normalize
+from compressor.data.datasets import load_data
+from compressor.recipe.load import load_recipe
+from compressor.recipe.schema import DataConfig
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 

@@ -20,8 +20,8 @@ from onnx import numpy_helper
 from torch import nn
 
 from compressor.core.errors import UserError
-from compressor.export.onnx import check_parity, export_onnx
 from compressor.export.int8 import quantize_int8
+from compressor.export.onnx import check_parity, export_onnx
 from compressor.export.sessions import check_onnx_file, create_session, onnx_predict
 from compressor.verify.latency import latency_meta, measure_latency
 

@@ -12,14 +12,14 @@ import shutil
 import pytest
 import torch
 
-from compressor.train import setup as train_setup
-from compressor.train.loop import fit
-from compressor.data.datasets import load_data
 from compressor.core.device import seed_everything
 from compressor.core.errors import UserError
+from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.recipe.load import load_recipe
+from compressor.train import setup as train_setup
+from compressor.train.loop import fit
 
 from .conftest import RECIPE, ROOT
 

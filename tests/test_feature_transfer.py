@@ -8,13 +8,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compressor.models.checkpoint import load_model, load_trusted_dict
 from compressor.distill.feature import FeatureAdapters, feature_loss
 from compressor.distill.objective import Objective
 from compressor.distill.pairs import find_pairs
 from compressor.distill.terms import Step
 from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.models.checkpoint import load_model, load_trusted_dict
+from compressor.recipe.load import load_recipe
 from compressor.train.optim import build_optimizer
 
 from .conftest import RECIPE, run_cli, sets

@@ -5,11 +5,12 @@ import json
 import matplotlib.image as mpimg
 import torch
 
-from compressor.data.datasets import Normalize, load_data
+from compressor.data.batches import Normalize
+from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
-from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
 from compressor.models import create_model
 from compressor.recipe.schema import DataConfig
+from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
 
 from .conftest import RECIPE, run_cli, sets
 

@@ -32,7 +32,8 @@ def test_loss_terms_match_the_recording(case, tmp_path):
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in expected]
     for got, want in zip(rows, expected):
         assert list(got["train_loss"]) == list(want["train_loss"]), "the named terms (and their order) changed"
-        bad = {k: (got["train_loss"][k], v) for k, v in want["train_loss"].items() if not close(got["train_loss"][k], v)}
+        bad = {k: (got["train_loss"][k], v) for k, v in want["train_loss"].items()
+               if not close(got["train_loss"][k], v)}
         assert not bad, f"epoch {want['epoch']}: terms moved (got, recorded): {bad}"
         for key in ("lr", "train_accuracy", "val_accuracy"):
             assert close(got[key], want[key]), (want["epoch"], key, got[key], want[key])

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from compressor.core.device import amp_dtype
-from compressor.teachers.fold import fold_batchnorm
-from compressor.distill.points import FeatureTap
 from compressor.distill.objective import Objective
 from compressor.distill.pairs import find_pairs
+from compressor.distill.points import FeatureTap
 from compressor.distill.terms import Step
 from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.recipe.load import load_recipe
+from compressor.teachers.fold import fold_batchnorm
 
 from .conftest import RECIPE, run_cli, sets
 

@@ -9,7 +9,6 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from compressor.models.checkpoint import load_model
 from compressor.core.errors import UserError
 from compressor.core.schedule import factor
 from compressor.distill.grad_at import FlipInvariance, GradientAT, gradient_distance, hflip, input_gradient
@@ -17,7 +16,8 @@ from compressor.distill.objective import Objective
 from compressor.distill.pairs import find_pairs
 from compressor.distill.terms import Step, Weight
 from compressor.models import create_model
-from compressor.recipe.schema import load_recipe
+from compressor.models.checkpoint import load_model
+from compressor.recipe.load import load_recipe
 
 from .conftest import RECIPE, run_cli, sets
 

@@ -9,7 +9,7 @@ from compressor.distill.objective import Objective
 from compressor.distill.pairs import Pair
 from compressor.distill.points import Point
 from compressor.distill.terms import Step
-from compressor.recipe.schema import load_recipe
+from compressor.recipe.load import load_recipe
 
 from .conftest import RECIPE
 

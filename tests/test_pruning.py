@@ -13,14 +13,13 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.models import checkpoint as ckpt_io
 from compressor.core.errors import UserError
 from compressor.distill.pairs import pair_auto
 from compressor.distill.points import probe_points
+from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model
+from compressor.models.plan import apply_channel_plan, model_from_plan
 from compressor.students.pruning import channel_plan, count_params, grow_student, recalibrate_bn
-from compressor.models.plan import apply_channel_plan
-from compressor.models.plan import model_from_plan
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 from .test_imagefolder import write_imagefolder
@@ -240,7 +239,7 @@ def test_a_flops_target_alone_or_with_a_parameter_target():
 
 
 def test_student_flops_in_the_recipe():
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     r = load_recipe(RECIPE, ["student.arch=null", "student.flops=40M"])
     assert r.student.flops == "40M" and r.student.size is None

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compressor.core.errors import UserError
-from compressor.recipe.schema import Recipe, load_recipe, validate_recipe
+from compressor.recipe.load import load_recipe, validate_recipe
+from compressor.recipe.schema import Recipe
 
 from .conftest import RECIPE
 

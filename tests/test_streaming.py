@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from compressor.data import streaming
-from compressor.data.datasets import Normalize, load_data
+from compressor.data.batches import Normalize
+from compressor.data.datasets import load_data
 from compressor.recipe.schema import DataConfig
 
 from .conftest import RECIPE, ROOT, sets

@@ -17,10 +17,11 @@ import torch
 import torchvision
 from torch import nn
 
-from compressor.models.checkpoint import load_model
-from compressor.data.datasets import Normalize, load_data
 from compressor.core.errors import UserError
-from compressor.recipe.schema import load_recipe
+from compressor.data.batches import Normalize
+from compressor.data.datasets import load_data
+from compressor.models.checkpoint import load_model
+from compressor.recipe.load import load_recipe
 from compressor.teachers.load import open_model
 
 from .conftest import RECIPE, run_cli, sets

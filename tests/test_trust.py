@@ -22,7 +22,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from compressor.data.datasets import stratified_indices
+from compressor.data.splits import stratified_indices
 
 from .conftest import RECIPE, ROOT, run_cli, sets
 from .test_bad_inputs import FAST, assert_untouched, errors, snapshot
@@ -257,9 +257,9 @@ def test_verify_reference_proves_parity_and_reads_the_metadata(teacher_ckpt, sma
 def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     """A correct export of a network with large logits differs from PyTorch by more than 1e-4 in absolute terms;
     the gate allows max_abs_diff + parity_rtol * max|logit|, and still catches a changed weight."""
-    from compressor.models import checkpoint as ckpt_io
-    from compressor.jobs.export import export_checkpoint
     from compressor.core.errors import GateFailure
+    from compressor.jobs.export import export_checkpoint
+    from compressor.models import checkpoint as ckpt_io
 
     ck = torch.load(small_teacher, weights_only=True)
     big = {k: (v * 3000 if k.startswith("fc.") else v) for k, v in ck["state_dict"].items()}  # logits in the thousands
@@ -271,9 +271,9 @@ def test_parity_tolerance_follows_the_logits_scale(small_teacher, tmp_path):
     # the relative part does not hide a wrong model: the same file against other weights fails
     wrong = {k: (v * 3000 + (1.0 if k == "fc.bias" else 0) if k.startswith("fc.") else v) for k, v in ck["state_dict"].items()}
     ckpt_io.save({**ck, "state_dict": wrong}, tmp_path / "wrong.pt")
-    from compressor.models.checkpoint import load_model
     from compressor.export.onnx import check_parity
     from compressor.jobs.export import _parity_images
+    from compressor.models.checkpoint import load_model
 
     model, _ = load_model(tmp_path / "wrong.pt")
     parity = check_parity(model, tmp_path / "big.onnx", _parity_images(ck, (1, 28, 28)))

@@ -35,9 +35,9 @@ def test_export_then_verify_against_a_baseline(teacher_ckpt, tmp_path, cli):
 
 def test_export_fails_when_the_onnx_graph_is_altered(teacher_ckpt, tmp_path, cli):
     """A wrong model never passes: perturb one weight of the exported graph and verify parity fails."""
-    from compressor.models.checkpoint import load_model
     from compressor.export.onnx import check_parity
     from compressor.jobs.export import _parity_images
+    from compressor.models.checkpoint import load_model
 
     path = tmp_path / "t.onnx"
     assert cli("export", teacher_ckpt, "--out", path).exit_code == 0

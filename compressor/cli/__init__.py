@@ -1,5 +1,5 @@
-"""`compress`: a thin Typer CLI over the library. Each subcommand lives in its own module, parses its
-options, and hands a validated recipe to a plain function in `compressor.pipeline`."""
+"""cli/: `compress`, a thin Typer CLI over the library. Each subcommand lives in its own module, parses its
+options, and hands a validated recipe to a plain function in `compressor.jobs`. May import everything."""
 
 from __future__ import annotations
 

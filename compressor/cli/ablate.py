@@ -41,7 +41,7 @@ def ablate(
     ONNX latency). Finished runs are reused and unfinished ones resumed; gate failures inside runs are recorded.
     """
     from compressor.jobs.ablate import run_ablation
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     sets = overrides(set_, device)
     r = load_recipe(recipe, sets)

@@ -41,7 +41,7 @@ def distill(
     from compressor.core import distributed
     from compressor.core.errors import UserError
     from compressor.jobs.distill import distill as run_distill
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     sets = overrides(set_, device)
     if student and student_size:

@@ -32,9 +32,8 @@ def export(
     ] = False,
 ) -> None:
     """Export a model to one self-contained ONNX file and prove PyTorch/onnxruntime parity."""
-    from compressor.jobs.export import export_checkpoint
-
     from compressor.core.errors import UserError
+    from compressor.jobs.export import export_checkpoint
 
     if max_abs_diff <= 0 or parity_rtol < 0:
         raise UserError("--max-abs-diff must be > 0 and --parity-rtol >= 0")

@@ -22,7 +22,7 @@ def validate(
     """Validate recipes; every problem of every file is listed (exit 2 if any)."""
     from compressor.core.errors import UserError
     from compressor.core.progress import console
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     problems = []
     for path in recipes:
@@ -39,6 +39,6 @@ def validate(
 @handle_errors
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""
-    from compressor.recipe.schema import recipe_schema
+    from compressor.recipe.load import recipe_schema
 
     typer.echo(json.dumps(recipe_schema(), indent=2))

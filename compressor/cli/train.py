@@ -21,7 +21,7 @@ def train(
 ) -> None:
     """Train the recipe's [bold]teacher[/] from scratch; writes a self-describing checkpoint."""
     from compressor.jobs.teacher import train_teacher
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     r = load_recipe(recipe, overrides(set_, device))
     train_teacher(r, out, resume=resume, force=force)

@@ -29,7 +29,7 @@ def verify(
     Exit 0: all gates passed; 1: a gate failed (the JSON is still written); 2: bad input or a model it cannot use.
     """
     from compressor.jobs.verify import verify_model
-    from compressor.recipe.schema import load_recipe
+    from compressor.recipe.load import load_recipe
 
     r = load_recipe(recipe, overrides(set_, device))
     verify_model(model, r, baseline=baseline, reference=reference, out=out or model.with_suffix(".verify.json"),

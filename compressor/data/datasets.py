@@ -1,10 +1,9 @@
-"""Datasets as in-memory uint8 tensors, split into train / validation / test, batched with augmentation.
+"""Datasets: Fashion-MNIST, CIFAR and a user's ImageFolder, split into train / validation / test.
 
-Small datasets (Fashion-MNIST, CIFAR, a user's ImageFolder resized to a fixed size) are held in memory as
-uint8 tensors and augmented a whole batch at a time on the training device: on a 2-core CPU per-image
-Python transforms cost more than the attention maps do.
+Small datasets are held in memory as uint8 tensors (`Split`); an ImageFolder too large for
+data.memory_budget_gb stays on disk and is streamed (`streaming.FileSplit`). Batching: data.batches.
 
-Run `python -m compressor.datasets ROOT` to make sure Fashion-MNIST is present under ROOT.
+Run `python -m compressor.data ROOT` to make sure Fashion-MNIST is present under ROOT.
 """
 
 from __future__ import annotations
@@ -13,12 +12,12 @@ import gzip
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from compressor.core.errors import UserError, first_line
+from compressor.data.splits import DataBundle, Split, stratified_indices
 from compressor.data.streaming import FileSplit
 
 # Per-dataset channel statistics (of the training split, pixel values scaled to [0, 1]); stored with every
@@ -41,62 +40,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def default_root() -> Path:
     return Path(os.environ.get("COMPRESSOR_DATA", "data"))
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
-    labels: torch.Tensor  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # (C, H, W)
-
-    def to(self, device: torch.device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device))
-
-    def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
-
-    def take(self, index: torch.Tensor) -> "Split":
-        """These images, as a Split on the CPU (the same call decodes them on the streaming path)."""
-        index = index.to(self.images.device)
-        return Split(self.images[index].cpu(), self.labels[index].cpu())
-
-    def chunks(self, batch_size: int, workers: int | None = None):
-        """(uint8 images, labels) batches in order."""
-        for i in range(0, len(self), batch_size):
-            yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
-
-
-@dataclass
-class DataBundle:
-    name: str
-    train: Split
-    val: Split | None
-    test: Split
-    classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    info: dict = field(default_factory=dict)
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return self.train.shape  # (C, H, W)
-
-    @property
-    def streamed(self) -> bool:
-        return not isinstance(self.train, Split)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-# ---------------------------------------------------------------------------------------------- preparing
 
 
 def prepare_fashion_mnist(root: str | os.PathLike) -> Path:
@@ -223,27 +166,6 @@ def _subset(split, index: torch.Tensor):
     return split.subset(index)
 
 
-def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """`n` indices drawn across the classes in proportion to their sizes, seeded, in ascending order.
-
-    For the images a run uses but does not need all of (limit_test, parity and calibration images): the first
-    N of a class-ordered split (an ImageFolder) would be the first classes only. Each class's images are taken
-    in a seeded random order and the classes interleaved by how far through their own class each image is, so
-    any prefix holds every class in proportion (a class of k images gets n*k/N of them, rounded).
-    """
-    labels = labels.cpu()
-    if n >= len(labels):
-        return torch.arange(len(labels))
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    shuffled = labels[order]
-    position = torch.empty(len(labels), dtype=torch.float64)  # (rank in its class + 0.5) / class size
-    for c in torch.unique(shuffled):
-        members = (shuffled == c).nonzero().flatten()
-        position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
-    pick = order[torch.sort(position, stable=True).indices[:n]]
-    return torch.sort(pick).values
-
-
 def load_data(cfg, seed: int = 0) -> DataBundle:
     """Load the recipe's dataset; hold out a seeded validation split of the training set.
 
@@ -324,133 +246,6 @@ def choose_loader(cfg, train, val, test) -> tuple[str, str]:
         return "stream", (f"the decoded images would take {need / 1e9:.2f} GB, over data.memory_budget_gb "
                           f"({cfg.memory_budget_gb:g})")
     return "memory", f"the decoded images take {need / 1e9:.2f} GB, under data.memory_budget_gb ({cfg.memory_budget_gb:g})"
-
-
-def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
-    """Batches of an epoch of n images (a last partial one dropped when `drop_last` and there is a full one)."""
-    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
-
-
-def batch_share(i: int, batch_size: int, n: int, rank: int, world: int) -> tuple[int, int, slice]:
-    """Global batch i spans positions lo..hi of the epoch; rank `rank` of `world` takes its contiguous share."""
-    lo, hi = i * batch_size, min((i + 1) * batch_size, n)
-    return lo, hi, slice(lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world)
-
-
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one training epoch's order and augmentation: from the seed and the epoch alone."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-
-
-def make_batches(split, batch_size: int, normalize, *, workers: int | None = None, device=None, augment: str = "auto",
-                 **kw):
-    """`Batches` for an in-memory split, `streaming.StreamBatches` for a FileSplit: the same interface."""
-    if isinstance(split, FileSplit):
-        from compressor.data.streaming import StreamBatches
-
-        return StreamBatches(split, batch_size, normalize, workers=workers, device=device, augment=augment, **kw)
-    return Batches(split, batch_size, normalize, **kw)
-
-
-# ---------------------------------------------------------------------------------------------- batching
-
-
-class Normalize:
-    """uint8 (N, C, H, W) -> float (N, C, H, W), (x / 255 - mean) / std, fused as x * a + b."""
-
-    def __init__(self, mean, std, device, memory_format=torch.contiguous_format):
-        mean = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(std, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
-        self.memory_format = memory_format
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(memory_format=self.memory_format)
-        return torch.addcmul(self.shift, x.float(), self.scale)
-
-
-def augment_batch(
-    x: torch.Tensor, pad: int, flip: bool, g: torch.Generator, share: tuple[int, int] | None = None
-) -> torch.Tensor:
-    """The paper's augmentation for a whole uint8 batch at once: reflect-pad, random crop, horizontal flip.
-
-    (N, C, H, W) -> (N, C, H, W). Offsets and flips come from `g` (on the CPU), so a run is reproducible and
-    a resumed epoch sees exactly the batches the interrupted one would have. `share=(start, total)`: `x` is
-    images start..start+N of a batch of `total` (one rank's part); the draws are made for the whole batch, so
-    every image gets the crop and flip it gets in a single process.
-    """
-    n, c, h, w = x.shape
-    start, total = share or (0, n)
-    keep = slice(start, start + n)
-    if pad > 0:
-        oy = torch.randint(0, 2 * pad + 1, (total,), generator=g)[keep].to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (total,), generator=g)[keep].to(x.device)
-        # reflect padding is not implemented for uint8: pad as float, then crop by gathering rows and columns
-        padded = torch.nn.functional.pad(x.float(), (pad, pad, pad, pad), mode="reflect")
-        rows = (oy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-        cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        x = padded[batch, :, rows, cols]  # (N, H, W, C): advanced indices first, then the sliced channels
-        x = x.permute(0, 3, 1, 2).to(torch.uint8)  # (N, C, H, W), channels_last in memory
-    if flip:
-        mask = (torch.rand(total, generator=g) < 0.5)[keep].to(x.device)
-        x = torch.where(mask[:, None, None, None], x.flip(3), x)
-    return x
-
-
-class Batches:
-    """Iterate over a Split in batches: shuffled and augmented for training, in order for evaluation.
-
-    `epoch_generator(epoch)` fixes the permutation and augmentation of each epoch from the seed alone;
-    `start` skips the first batches of an epoch (used when resuming mid-epoch). With `world` > 1 (data-parallel
-    training) `batch_size` is the global batch and rank `rank` gets its contiguous share of each one, the
-    equivalent of DistributedSampler: the ranks together see exactly the single-process batches.
-    """
-
-    def __init__(
-        self,
-        split: Split,
-        batch_size: int,
-        normalize: Normalize,
-        *,
-        train: bool = False,
-        pad: int = 0,
-        flip: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        rank: int = 0,
-        world: int = 1,
-    ):
-        self.split, self.batch_size, self.normalize = split, batch_size, normalize
-        self.train, self.pad, self.flip, self.seed, self.drop_last = train, pad, flip, seed, drop_last
-        self.rank, self.world = rank, world
-
-    def __len__(self) -> int:
-        return batch_count(len(self.split), self.batch_size, self.drop_last)
-
-    def epoch_generator(self, epoch: int) -> torch.Generator:
-        return epoch_generator(self.seed, epoch)
-
-    def iterate(self, epoch: int = 0, start: int = 0):
-        n = len(self.split)
-        g = self.epoch_generator(epoch)
-        order = torch.randperm(n, generator=g).to(self.split.images.device) if self.train else None
-        for i in range(len(self)):
-            lo, hi, sl = batch_share(i, self.batch_size, n, self.rank, self.world)
-            if order is not None:
-                idx = order[sl]
-                x, y = self.split.images[idx], self.split.labels[idx]
-            else:
-                x, y = self.split.images[sl], self.split.labels[sl]
-            if self.train and (self.pad or self.flip):  # draws from g even for skipped batches
-                x = augment_batch(x, self.pad, self.flip, g, share=(sl.start - lo, hi - lo))
-            if i < start:
-                continue
-            yield self.normalize(x), y
-
-    def __iter__(self):
-        return self.iterate()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,13 +8,13 @@ size and the first step comes after the first batch, not after the whole folder.
 
 It keeps the memory path's promises:
 - order and augmentation are seeded per (seed, epoch): the sampler draws the epoch's permutation from the same
-  generator as `datasets.Batches`, and every image's augmentation from its own seed (seed, epoch, position), so
+  generator as `batches.Batches`, and every image's augmentation from its own seed (seed, epoch, position), so
   which worker decodes it does not matter and `--resume` mid-epoch sees the same batches, bit for bit;
 - with `world` > 1 each rank gets its contiguous share of every global batch (DistributedSampler's job) and
   decodes only that: no rank holds the data;
 - evaluation is Resize(size / 0.875) + CenterCrop(size), the torchvision/timm convention, on every path.
 
-Images come out as uint8 (N, C, H, W) and are normalised on the training device by `datasets.Normalize`, as on
+Images come out as uint8 (N, C, H, W) and are normalised on the training device by `batches.Normalize`, as on
 the memory path.
 """
 
@@ -96,7 +96,7 @@ class FileSplit:
     def take(self, index: torch.Tensor, workers: int | None = None):
         """These images decoded with the evaluation transform, as an in-memory `Split` (by worker processes when
         there are many)."""
-        from compressor.data.datasets import Split
+        from compressor.data.splits import Split
 
         index = torch.as_tensor(index, dtype=torch.long)
         if len(index) > 256:
@@ -154,7 +154,7 @@ class _EpochBatches(Sampler):
 
     @property
     def batches(self) -> int:
-        from compressor.data.datasets import batch_count
+        from compressor.data.batches import batch_count
 
         return batch_count(self.n, self.batch_size, self.drop_last)
 
@@ -165,7 +165,7 @@ class _EpochBatches(Sampler):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        from compressor.data.datasets import batch_share, epoch_generator
+        from compressor.data.batches import batch_share, epoch_generator
 
         g = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
@@ -193,7 +193,7 @@ def _loader(dataset, batch_sampler, workers: int | None, pin: bool) -> DataLoade
 
 
 class StreamBatches:
-    """`datasets.Batches` for a `FileSplit`: the same interface (len, iterate(epoch, start), normalised batches
+    """`batches.Batches` for a `FileSplit`: the same interface (len, iterate(epoch, start), normalised batches
     on the device), the images decoded by `workers` DataLoader processes that live as long as this object."""
 
     def __init__(self, split: FileSplit, batch_size: int, normalize, *, train: bool = False, augment: str = "auto",

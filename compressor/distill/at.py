@@ -10,6 +10,9 @@ reference code, which uses `beta * sum(pair losses)` on one GPU); beta may decay
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch.nn import functional as F
 
@@ -76,14 +79,21 @@ def at_loss(
     return (attention_map(s, p, mapping) - attention_map(t, p, mapping)).pow(2).mean()
 
 
+@dataclass
 class AttentionTerm:
     """`at.<pair>`: at_loss between the student's and the teacher's maps at the pair's index."""
 
-    autocast = False
-    needs_input_grad = False
+    pair: str
+    index: int
+    weight: Weight
+    p: float = 2
+    mapping: str = "mean"
+    autocast: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False
 
-    def __init__(self, name: str, index: int, weight: Weight, p: float = 2, mapping: str = "mean"):
-        self.name, self.index, self.weight, self.p, self.mapping = f"at.{name}", index, weight, p, mapping
+    @property
+    def name(self) -> str:
+        return f"at.{self.pair}"
 
     def __call__(self, step: Step) -> torch.Tensor:
         return at_loss(step.student_features[self.index], step.teacher_features[self.index], self.p, self.mapping)

@@ -12,6 +12,8 @@ exported checkpoint or ONNX file.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -42,14 +44,20 @@ class FeatureAdapters(nn.Module):
         return cls([(p.student.shape[0], p.teacher.shape[0]) for p in pairs])
 
 
+@dataclass
 class FeatureTerm:
     """`feat.<pair>`: feature_loss through the pair's adapter."""
 
-    autocast = True
-    needs_input_grad = False
+    pair: str
+    index: int
+    weight: Weight
+    adapter: nn.Module
+    autocast: ClassVar[bool] = True
+    needs_input_grad: ClassVar[bool] = False
 
-    def __init__(self, name: str, index: int, weight: Weight, adapter: nn.Module):
-        self.name, self.index, self.weight, self.adapter = f"feat.{name}", index, weight, adapter
+    @property
+    def name(self) -> str:
+        return f"feat.{self.pair}"
 
     def __call__(self, step: Step) -> torch.Tensor:
         return feature_loss(step.student_features[self.index], step.teacher_features[self.index], self.adapter)

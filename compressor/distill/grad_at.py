@@ -25,6 +25,9 @@ on tiny models; `GradientAT` and `FlipInvariance` are the objective's two terms.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -64,6 +67,7 @@ def student_gradient(step: Step) -> torch.Tensor:
     return step.once("J_S", lambda: input_gradient(step.logits, step.labels, step.x, create_graph=True))
 
 
+@dataclass
 class GradientAT:
     """`grad_at`: the student's input gradient against the teacher's.
 
@@ -71,12 +75,11 @@ class GradientAT:
     the teacher runs again here.
     """
 
-    name = "grad_at"
-    autocast = True
-    needs_input_grad = True
-
-    def __init__(self, weight: Weight, teacher: nn.Module):
-        self.weight, self.teacher = weight, teacher
+    weight: Weight
+    teacher: nn.Module
+    name: ClassVar[str] = "grad_at"
+    autocast: ClassVar[bool] = True
+    needs_input_grad: ClassVar[bool] = True
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)
@@ -87,15 +90,15 @@ class GradientAT:
         return gradient_distance(j_s, j_t)
 
 
+@dataclass
 class FlipInvariance:
     """`grad_at.flip`: the student's input gradient against its own on the mirrored images (one more forward)."""
 
-    name = "grad_at.flip"
-    autocast = True
-    needs_input_grad = True
-
-    def __init__(self, weight: Weight, student: nn.Module):
-        self.weight, self.student = weight, student
+    weight: Weight
+    student: nn.Module
+    name: ClassVar[str] = "grad_at.flip"
+    autocast: ClassVar[bool] = True
+    needs_input_grad: ClassVar[bool] = True
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)

@@ -6,13 +6,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch.nn import functional as F
 
 from compressor.distill.terms import Step, Weight, full
 
 
-def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     temperature: float = 4.0) -> torch.Tensor:
     """T² · KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch."""
     t = temperature
     log_p = F.log_softmax(full(student_logits) / t, dim=1)
@@ -32,29 +36,28 @@ def kd_loss(
     return kd + F.cross_entropy(full(student_logits), labels) * (1.0 - alpha)
 
 
+@dataclass
 class SoftTargets:
     """`kd`: the soft-target term, weighted by alpha."""
 
-    name = "kd"
-    autocast = False
-    needs_input_grad = False
-
-    def __init__(self, weight: Weight, temperature: float):
-        self.weight, self.temperature = weight, temperature
+    weight: Weight
+    temperature: float = 4.0
+    name: ClassVar[str] = "kd"
+    autocast: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return soft_target_loss(step.logits, step.teacher_logits, self.temperature)
 
 
+@dataclass
 class CrossEntropy:
     """`ce`: cross-entropy against the labels."""
 
-    name = "ce"
-    autocast = False
-    needs_input_grad = False
-
-    def __init__(self, weight: Weight):
-        self.weight = weight
+    weight: Weight
+    name: ClassVar[str] = "ce"
+    autocast: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return F.cross_entropy(full(step.logits), step.labels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from compressor.data.datasets import DataBundle
+from compressor.data.splits import DataBundle
 
 
 def onnx_metadata(arch: str, data: DataBundle, kind: str) -> dict[str, str]:

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 import torch
 
-from compressor.core.errors import UserError
+from compressor.core.errors import UserError, first_line
 from compressor.core.fileio import atomic_path
 from compressor.export.sessions import create_session, onnx_predict
 
@@ -43,8 +43,7 @@ def _root_cause(e: BaseException) -> str:
     """First line of the innermost cause: the exporter's own message is a generic 'step 1/3 failed' banner."""
     while e.__cause__ is not None:
         e = e.__cause__
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return first_line(e)
 
 
 def export_onnx(

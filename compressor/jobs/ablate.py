@@ -7,7 +7,7 @@ student.onnx and report.json and is measured by the same onnxruntime verificatio
 (100 - onnxruntime test accuracy), parameters and batch-1 p50 latency from those reports.
 
 `--init scratch --init teacher` adds the student-init axis: every method runs once per init (a fresh network of the
-teacher's family, and the teacher pruned to the target: students.py), in OUT/<init>/<method>/seed<k>/, with that
+teacher's family, and the teacher pruned to the target: students.build), in OUT/<init>/<method>/seed<k>/, with that
 init's `--init-set INIT:key=value` overrides; `--methods` keeps only the named methods.
 
 Resumable: a run with a report.json is reused, an unfinished one (train_state.pt) is resumed. Every finished run is
@@ -24,13 +24,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from compressor.models import checkpoint as ckpt_io
 from compressor.core.errors import GateFailure, UserError
 from compressor.core.fileio import write_json, write_text
+from compressor.core.progress import console
 from compressor.jobs.distill import distill
 from compressor.jobs.outdir import FINISHED_MARKER
-from compressor.core.progress import console
-from compressor.recipe.schema import Recipe, apply_overrides, read_yaml, validate_recipe
+from compressor.models import checkpoint as ckpt_io
+from compressor.recipe.load import apply_overrides, read_yaml, validate_recipe
+from compressor.recipe.schema import Recipe
 from compressor.teachers.load import file_format
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from compressor.core.device import memory_format
 from compressor.core.errors import GateFailure, UserError
-from compressor.data.datasets import Batches, DataBundle, Normalize, make_batches
+from compressor.data.batches import Batches, Normalize, make_batches
+from compressor.data.splits import DataBundle
 from compressor.recipe.schema import Recipe
 
 

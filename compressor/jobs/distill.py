@@ -15,7 +15,8 @@ from compressor.core.device import environment, memory_format, resolve_device, s
 from compressor.core.fileio import write_json, write_text
 from compressor.core.progress import TrainProgress, console
 from compressor.data.datasets import load_data
-from compressor.distill.pairs import find_pairs
+from compressor.data.splits import DataBundle
+from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import modified_in_place
 from compressor.export.sessions import require_provider
 from compressor.jobs.common import batches_for, raise_failed
@@ -26,9 +27,9 @@ from compressor.models.measure import count_flops, count_params
 from compressor.recipe.schema import Recipe, teacher_arch_given
 from compressor.report.figures import write_figures
 from compressor.report.markdown import print_summary, render_markdown
-from compressor.students.build import build_student, saved_entry
-from compressor.teachers.load import load_teacher
-from compressor.train.loop import fit
+from compressor.students.build import Student, build_student, saved_entry
+from compressor.teachers.load import Teacher, load_teacher
+from compressor.train.loop import FitResult, fit
 from compressor.verify.student import verify_student
 
 
@@ -68,6 +69,40 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     distributed.on_main(remove_leftovers, out, RUN_FILES)
     distributed.on_main(remove_leftovers, out / "figures", FIGURE_FILES)
     seed_everything(recipe.seed)
+    data, teacher = _inputs(teacher_path, recipe, trust_teacher)
+    grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
+    pairs = _pairs(recipe, teacher, grown, data, dev)
+    initial_student = {k: v.detach().clone() for k, v in grown.model.state_dict().items()}  # the "before" figure
+    result = fit(
+        grown.model, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
+        teacher=teacher.model, pairs=pairs, resume=resume,
+        progress=TrainProgress("distill") if distributed.is_main() else None,
+        checkpoint_extra=lambda: {"student": saved_entry(grown)},
+    )
+    if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
+        return {}
+    tested = _test_and_save(result, grown, teacher, teacher_path, data, recipe, out, dev)
+    report = _report(recipe, teacher, teacher_path, grown, data, pairs, result, tested, started)
+    report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
+    verified = verify_student(result.model, teacher.model, data, recipe, out, student_arch=grown.arch,
+                              teacher_arch=teacher.arch, torch_predictions=tested["student"]["predictions"])
+    for role, accuracy in verified.pop("onnx_accuracy").items():
+        report[role]["onnx_accuracy"] = accuracy
+    report.update(verified)
+    report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
+    report["wall_seconds"] = time.perf_counter() - started
+    report["passed"] = all(g["passed"] for g in report["gates"])
+    report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
+    write_text(out / "report.md", render_markdown(report))
+    write_json(out / "report.json", report)
+    print_summary(report)
+    console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
+    raise_failed(report["gates"])
+    return report
+
+
+def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[DataBundle, Teacher]:
+    """The recipe's data and the teacher, which may bring its own normalisation."""
     data = load_data(recipe.data, recipe.seed)
     teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher,
                            arch_given=teacher_arch_given(recipe), normalisation_given=recipe.data.mean is not None)
@@ -75,13 +110,21 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
         console.print(f"normalising with the teacher's own mean {list(data.mean)} / std {list(data.std)} (it records "
                       "them; set data.mean and data.std to override)")
     console.print(f"data: {data.info['loader']} loader ({data.info['loader_reason']})")
-    grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
-    student, student_arch, sizing = grown.model, grown.arch, grown.sizing
-    at_on = recipe.distill.at.enabled and recipe.distill.at.beta > 0
-    uses_pairs = at_on or (recipe.distill.feature.enabled and recipe.distill.feature.beta > 0)  # AT and F-ActT
-    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student, data.input_shape) if uses_pairs else []
+    return data, teacher
+
+
+def _uses_pairs(recipe: Recipe) -> bool:
+    """AT and F-ActT read the attention points."""
+    d = recipe.distill
+    return (d.at.enabled and d.at.beta > 0) or (d.feature.enabled and d.feature.beta > 0)
+
+
+def _pairs(recipe: Recipe, teacher: Teacher, grown: Student, data: DataBundle, dev) -> list[Pair]:
+    """The attention pairs, printed with the run's summary line."""
+    student = grown.model
+    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student, data.input_shape) if _uses_pairs(recipe) else []
     console.print(
-        f"distilling [bold]{student_arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
+        f"distilling [bold]{grown.arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
         f"({count_params(teacher.model) / 1e6:.3f}M, {teacher.source}) on {data.name}: {len(data.train)} train images, "
         f"{recipe.train.epochs} epochs, methods {'+'.join(recipe.methods()) or 'none (student alone)'}, device {dev}"
     )
@@ -93,15 +136,12 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
         for path in modified_in_place(model, [p.module for p in points], data.input_shape):
             console.print(f"  {role} point {path}: a later in-place op (e.g. ReLU(inplace=True)) changes its output; "
                           "the output as the module returns it is copied for the loss")
-    initial_student = {k: v.detach().clone() for k, v in student.state_dict().items()}  # the "before" figure
-    result = fit(
-        student, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
-        teacher=teacher.model, pairs=pairs, resume=resume,
-        progress=TrainProgress("distill") if distributed.is_main() else None,
-        checkpoint_extra=lambda: {"student": saved_entry(grown)},
-    )
-    if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
-        return {}
+    return pairs
+
+
+def _test_and_save(result: FitResult, grown: Student, teacher: Teacher, teacher_path: Path, data: DataBundle,
+                   recipe: Recipe, out: Path, dev) -> dict:
+    """Both models' PyTorch test accuracy (the student's top-1 per image too); writes student.pt."""
     test_batches = batches_for(data.test, data, dev, recipe)
     teacher_model = teacher.model.to(dev, memory_format=memory_format(recipe.train.channels_last))
     t_test = evaluate(teacher_model, test_batches, dev)
@@ -116,19 +156,24 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     )
     ckpt_io.save(ck, out / "student.pt")
     console.print(f"test accuracy (PyTorch): teacher {t_test['accuracy']:.2f}%, student {s_test['accuracy']:.2f}%")
+    return {"teacher": t_test, "student": s_test}
 
-    report = {
+
+def _report(recipe: Recipe, teacher: Teacher, teacher_path: Path, grown: Student, data: DataBundle, pairs: list[Pair],
+            result: FitResult, tested: dict, started: float) -> dict:
+    """report.json's sections up to the distillation; verification adds the rest."""
+    model = result.model
+    return {
         "passed": None,
         "recipe": recipe.name,
         "teacher": {
             "arch": teacher.arch, "source": teacher.source, "path": str(teacher_path),
             "params": count_params(teacher.model), "flops": count_flops(teacher.model, data.input_shape),
-            "accuracy": t_test["accuracy"], "onnx_accuracy": None,
+            "accuracy": tested["teacher"]["accuracy"], "onnx_accuracy": None,
         },
         "student": {
-            "arch": student_arch, "params": count_params(result.model),
-            "flops": count_flops(result.model, data.input_shape), "accuracy": s_test["accuracy"],
-            "onnx_accuracy": None, "sizing": sizing,
+            "arch": grown.arch, "params": count_params(model), "flops": count_flops(model, data.input_shape),
+            "accuracy": tested["student"]["accuracy"], "onnx_accuracy": None, "sizing": grown.sizing,
         },
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
                  "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
@@ -137,7 +182,7 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
         "distillation": {
             "methods": recipe.methods(),
             "pairs": [pair.describe() for pair in pairs],
-            "beta": recipe.distill.at.beta if at_on else None,
+            "beta": recipe.distill.at.beta if recipe.distill.at.enabled and recipe.distill.at.beta > 0 else None,
             "epochs": recipe.train.epochs,
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,
@@ -151,24 +196,3 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
             "history": result.history,
         },
     }
-    report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
-    verified = verify_student(result.model, teacher.model, data, recipe, out, student_arch=student_arch,
-                              teacher_arch=teacher.arch, torch_predictions=s_test["predictions"])
-    for role, accuracy in verified.pop("onnx_accuracy").items():
-        report[role]["onnx_accuracy"] = accuracy
-    report.update(verified)
-    report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
-    report["wall_seconds"] = time.perf_counter() - started
-    report["passed"] = all(g["passed"] for g in report["gates"])
-
-    report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
-
-
-    write_text(out / "report.md", render_markdown(report))
-    write_json(out / "report.json", report)
-    print_summary(report)
-    console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
-    raise_failed(report["gates"])
-    return report
-
-

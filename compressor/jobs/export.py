@@ -9,7 +9,8 @@ import torch
 
 from compressor.core.errors import GateFailure, UserError
 from compressor.core.progress import console
-from compressor.data.datasets import Normalize, load_data
+from compressor.data.batches import Normalize
+from compressor.data.datasets import load_data
 from compressor.export.onnx import check_parity, export_onnx
 from compressor.jobs.common import check_output, parse_shape
 from compressor.models import checkpoint as ckpt_io

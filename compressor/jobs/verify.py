@@ -12,7 +12,8 @@ from compressor.core.device import environment, seed_everything
 from compressor.core.errors import UserError, first_line
 from compressor.core.fileio import write_json
 from compressor.core.progress import console
-from compressor.data.datasets import DataBundle, load_data
+from compressor.data.datasets import load_data
+from compressor.data.splits import DataBundle
 from compressor.export.onnx import check_parity
 from compressor.export.sessions import check_onnx_file, create_session, probe_classifier
 from compressor.jobs.common import check_output, raise_failed

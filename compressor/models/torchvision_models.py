@@ -2,7 +2,7 @@
 
 They are built without weights (`weights=None`) and with the data's class count, so that a user's
 fine-tuned `state_dict` loads into them. They declare no `feature_info`: their attention points are found
-by `features.candidate_points` (one dry forward; the last module at each resolution). For inputs other than
+by `distill.points.candidate_points` (one dry forward; the last module at each resolution). For inputs other than
 RGB the first convolution is rebuilt with the data's channel count.
 """
 

@@ -18,12 +18,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import nn
 
-from compressor.data.datasets import DataBundle, Normalize
 from compressor.core.errors import UserError
+from compressor.core.fileio import atomic_path
+from compressor.data.batches import Normalize
+from compressor.data.splits import DataBundle
+from compressor.distill.at import attention_map
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import FeatureTap
-from compressor.core.fileio import atomic_path
-from compressor.distill.at import attention_map
 
 FIGURE_IMAGES = 4  # test images in the attention figure, of distinct classes where the split allows
 

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressor.data.datasets import DataBundle, Normalize, make_batches
 from compressor.core.errors import UserError
-from compressor.models import create_model, is_registered
 from compressor.core.progress import console
-from compressor.students.pruning import CannotPrune, channel_plan, grow_student, recalibrate_bn
+from compressor.data.batches import Normalize, make_batches
+from compressor.data.splits import DataBundle
+from compressor.models import create_model, is_registered
+from compressor.models.measure import count_flops, count_params
 from compressor.models.plan import apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
+from compressor.students.pruning import CannotPrune, channel_plan, grow_student, recalibrate_bn
 from compressor.students.sizing import choose_student_size, parse_flops, parse_size
 from compressor.teachers.load import Teacher
-from compressor.models.measure import count_flops, count_params
 
 # teacher sources whose architecture the registry rebuilds (a pruned student must reload from plain data)
 REBUILDABLE = ("compressor checkpoint", "state_dict", "architecture (untrained)")

@@ -26,8 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compressor.core.errors import UserError
-from compressor.core.errors import first_line
+from compressor.core.errors import UserError, first_line
 from compressor.models.measure import count_flops, count_params
 
 # the attributes that hold a module's channel counts (Conv, BatchNorm, Linear, GroupNorm, LayerNorm)

@@ -26,7 +26,7 @@ from compressor.core.device import autocast
 from compressor.core.errors import Interrupted
 from compressor.core.fileio import append_jsonl, write_jsonl
 from compressor.core.progress import TrainProgress, console
-from compressor.data.datasets import DataBundle
+from compressor.data.splits import DataBundle
 from compressor.distill.pairs import Pair
 from compressor.distill.terms import Step
 from compressor.models.evaluate import evaluate
@@ -47,7 +47,6 @@ class FitResult:
     resumed_from: int | None = None  # 1-based epoch --resume went on from (the last one if training had finished)
     first_step_at: float | None = None  # time.perf_counter() when the first training step began (None: no step ran)
     amp: dict = field(default_factory=dict)  # the training steps' precision: setting, dtype, reason
-    extra: dict = field(default_factory=dict)
 
 
 def fit(

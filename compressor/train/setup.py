@@ -16,7 +16,7 @@ from compressor.core import distributed
 from compressor.core.device import amp_choice, autocast, channels_last_safe, memory_format
 from compressor.core.errors import UserError
 from compressor.core.progress import console
-from compressor.data.datasets import Normalize, make_batches
+from compressor.data.batches import Normalize, make_batches
 from compressor.distill.objective import Objective
 from compressor.distill.pairs import Pair
 from compressor.distill.points import FeatureTap

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from compressor.data.datasets import DataBundle, Normalize
+from compressor.data.batches import Normalize
+from compressor.data.splits import DataBundle
 from compressor.export.sessions import onnx_predict
 
 

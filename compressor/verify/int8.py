@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 
 from compressor.core.progress import console
-from compressor.data.datasets import DataBundle, Normalize, stratified_indices
+from compressor.data.batches import Normalize
+from compressor.data.splits import DataBundle, stratified_indices
 from compressor.export.int8 import quantize_int8
 from compressor.export.sessions import CPU, create_session
 from compressor.recipe.schema import Recipe
 from compressor.verify.accuracy import onnx_split_accuracy
 from compressor.verify.gates import gate, latency_gates
 from compressor.verify.latency import measure_latencies, speedups
-
 
 CALIBRATION_IMAGES = 512
 

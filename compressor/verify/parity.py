@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from compressor.data.datasets import DataBundle, Normalize, stratified_indices
+from compressor.data.batches import Normalize
+from compressor.data.splits import DataBundle, stratified_indices
 from compressor.verify.gates import gate
-
 
 PARITY_IMAGES = 68  # real test images compared at batch 1 and 17 (4 full batches of 17), drawn across classes
 

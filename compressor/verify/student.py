@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compressor.core.progress import console
-from compressor.data.datasets import DataBundle
+from compressor.data.splits import DataBundle
 from compressor.export.metadata import onnx_metadata
 from compressor.export.onnx import check_parity, export_onnx
 from compressor.export.sessions import CPU, create_session

@@ -1,0 +1,83 @@
+"""What the stages hand each other: a split of images with labels (`Split`: in memory, uint8; the streaming
+loader's `FileSplit` has the same interface) and the dataset bundle (`DataBundle`), plus seeded stratified
+sampling (`stratified_indices`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])  # (C, H, W)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+    def take(self, index: torch.Tensor) -> "Split":
+        """These images, as a Split on the CPU (the same call decodes them on the streaming path)."""
+        index = index.to(self.images.device)
+        return Split(self.images[index].cpu(), self.labels[index].cpu())
+
+    def chunks(self, batch_size: int, workers: int | None = None):
+        """(uint8 images, labels) batches in order."""
+        for i in range(0, len(self), batch_size):
+            yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Split
+    val: Split | None
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.train.shape  # (C, H, W)
+
+    @property
+    def streamed(self) -> bool:
+        return not isinstance(self.train, Split)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def stratified_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """`n` indices drawn across the classes in proportion to their sizes, seeded, in ascending order.
+
+    For the images a run uses but does not need all of (limit_test, parity and calibration images): the first
+    N of a class-ordered split (an ImageFolder) would be the first classes only. Each class's images are taken
+    in a seeded random order and the classes interleaved by how far through their own class each image is, so
+    any prefix holds every class in proportion (a class of k images gets n*k/N of them, rounded).
+    """
+    labels = labels.cpu()
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    shuffled = labels[order]
+    position = torch.empty(len(labels), dtype=torch.float64)  # (rank in its class + 0.5) / class size
+    for c in torch.unique(shuffled):
+        members = (shuffled == c).nonzero().flatten()
+        position[members] = (torch.arange(len(members), dtype=torch.float64) + 0.5) / len(members)
+    pick = order[torch.sort(position, stable=True).indices[:n]]
+    return torch.sort(pick).values

@@ -1,0 +1,94 @@
+"""docs/ARCHITECTURE.md matches the code: the packages it names exist (and none is missing from it), imports flow
+one way down its list, every package says what it owns, and no module grows past ~300 lines without saying why."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "compressor"
+DOC = ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def layers() -> list[str]:
+    block = re.search(r"```imports\n(.*?)```", DOC.read_text(), re.S)
+    assert block, "docs/ARCHITECTURE.md has no ```imports block"
+    return block.group(1).split()
+
+
+def imported_packages(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, first-level compressor package) for every import of the file, those inside functions included;
+    relative imports resolved against the file's own package."""
+    own = path.relative_to(root).with_suffix("").parts  # ("compressor", "train", "loop")
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = list(own[: len(own) - node.level])
+                names = [".".join(base + ([node.module] if node.module else []))]
+                if not node.module:  # from . import x, y
+                    names = [".".join(base + [a.name]) for a in node.names]
+            else:
+                names = [node.module or ""]
+                if node.module == "compressor":  # from compressor import x: the package x, or the root itself
+                    names = [f"compressor.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "compressor":
+                found.append((node.lineno, parts[1] if len(parts) > 1 else ""))
+    return found
+
+
+def test_the_documented_packages_are_the_packages():
+    documented = layers()
+    assert len(documented) == len(set(documented))
+    actual = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert sorted(documented) == actual
+    assert sorted(p.name for p in PACKAGE.glob("*.py")) == ["__init__.py", "__main__.py"]  # no module outside them
+    table = DOC.read_text()
+    assert all(f"| `{name}/` |" in table for name in documented), "every package has a row in the table"
+
+
+def test_imports_flow_one_way():
+    order = {name: i for i, name in enumerate(layers())}
+    upward = []
+    for path in sorted(PACKAGE.glob("*/**/*.py")):
+        own = path.relative_to(PACKAGE).parts[0]
+        for line, target in imported_packages(path):
+            # not a package: the root (its __init__ re-exports the API from distill and recipe, and __version__),
+            # which only the top of the list may import
+            level = order.get(target, len(order) - 1)
+            if level > order[own]:
+                upward.append(f"{path.relative_to(ROOT)}:{line} ({own}) imports {target or 'compressor'}")
+    assert not upward, "imports that point down docs/ARCHITECTURE.md's list:\n" + "\n".join(upward)
+
+
+def test_the_check_sees_every_kind_of_import(tmp_path):
+    # the checker itself: a module of `data` importing other packages absolutely, relatively, inside a function
+    fake = tmp_path / "compressor" / "data" / "probe.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("import compressor.core.errors\nfrom compressor import models\n"
+                    "def f():\n    from compressor.train import loop\n    from ..jobs import distill\n"
+                    "    from . import batches\n    from .. import report\n")
+    assert [t for _, t in imported_packages(fake, tmp_path)] == ["core", "models", "train", "jobs", "data", "report"]
+
+
+def test_every_package_says_what_it_owns():
+    for init in PACKAGE.glob("*/__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text()))
+        assert doc and len(doc.split()) >= 12, f"{init.relative_to(ROOT)}: a docstring saying what it owns"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_modules_stay_small_or_say_why(path):
+    lines = len(path.read_text().splitlines())
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert lines <= 300 or "300 lines" in doc, f"{lines} lines: split it, or say in its docstring why not"
