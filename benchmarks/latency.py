@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/latency.py --teacher runs/fashion_at/teacher.pt --student runs/fashion_at/student.pt
 
 Each model is exported with compressor.export (the file `compress distill` ships) and opened with
-compressor.runtime (the session `compress verify` times); the same seeded random inputs go to onnxruntime and to
+compressor.export.sessions (the session `compress verify` times); the same seeded random inputs go to onnxruntime and to
 the PyTorch module (eval, inference_mode, fp32, contiguous), both with the same number of intra-op threads. Per
 model, backend and batch size: p50 / p90 / mean in ms and images/s from the p50, by the same rule as
 runtime.measure_latency (warm-up, then at least --min-runs calls and --min-seconds). The measurements alternate

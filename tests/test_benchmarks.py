@@ -1,4 +1,4 @@
-"""The benchmark scripts run and print what docs/BENCHMARKS.md quotes; compressor.fastpath computes what it replaces.
+"""The benchmark scripts run and print what docs/BENCHMARKS.md quotes; the teacher BN folding and the fused attention map compute what they replace.
 
 The throughput smoke run measures one step of each kind on real Fashion-MNIST, without torchdistill (its venv
 is not part of the test environment); no timing is asserted, only that the figures exist and fit together.

@@ -75,7 +75,7 @@ def test_grad_at_value_and_double_backprop_match_references(batch):
     student, teacher = tiny_net(0), tiny_net(1)
     beta = 0.7
 
-    # reference J: per-image gradients from torch.func, independent of compressor.grad_at
+    # reference J: per-image gradients from torch.func, independent of compressor.distill.grad_at
     def per_image(net):
         params = dict(net.named_parameters())
         f = lambda xi, yi: F.cross_entropy(functional_call(net, params, (xi[None],)), yi[None])  # noqa: E731

@@ -1,4 +1,4 @@
-"""The AT and KD losses against their formulas, written here independently of compressor.losses."""
+"""The AT and KD losses against their formulas, written here independently of compressor.distill."""
 
 import pytest
 import torch

@@ -208,7 +208,7 @@ def test_a_write_killed_midway_leaves_the_old_file_whole(tmp_path):
     target.write_bytes(b"the previous model")
     script = (
         "import os, signal, sys\n"
-        "from compressor.fileio import atomic_path\n"
+        "from compressor.core.fileio import atomic_path\n"
         "with atomic_path(sys.argv[1]) as tmp, open(tmp, 'wb') as f:\n"
         "    f.write(b'x' * 1_000_000); f.flush()\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
