@@ -90,6 +90,8 @@ class AttentionTerm:
     mapping: str = "mean"
     autocast: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

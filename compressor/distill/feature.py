@@ -54,6 +54,8 @@ class FeatureTerm:
     adapter: nn.Module
     autocast: ClassVar[bool] = True
     needs_input_grad: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

@@ -80,6 +80,8 @@ class GradientAT:
     name: ClassVar[str] = "grad_at"
     autocast: ClassVar[bool] = True
     needs_input_grad: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)
@@ -99,6 +101,8 @@ class FlipInvariance:
     name: ClassVar[str] = "grad_at.flip"
     autocast: ClassVar[bool] = True
     needs_input_grad: ClassVar[bool] = True
+    needs_teacher: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)

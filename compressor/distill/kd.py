@@ -45,6 +45,8 @@ class SoftTargets:
     name: ClassVar[str] = "kd"
     autocast: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return soft_target_loss(step.logits, step.teacher_logits, self.temperature)
@@ -58,6 +60,8 @@ class CrossEntropy:
     name: ClassVar[str] = "ce"
     autocast: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return F.cross_entropy(full(step.logits), step.labels)

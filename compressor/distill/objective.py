@@ -71,11 +71,12 @@ class Objective:
     @property
     def uses_features(self) -> bool:
         """A term reads the attention points' outputs (AT, F-ActT)."""
-        return any(t.name.startswith(("at.", "feat.")) for t in self.terms)
+        return any(t.needs_features for t in self.terms)
 
     @property
     def needs_teacher(self) -> bool:
-        return any(t.name != "ce" for t in self.terms)
+        """A term reads the teacher's forward: without one (the student alone) the teacher never runs."""
+        return any(t.needs_teacher for t in self.terms)
 
     def optimized(self, student: nn.Module) -> nn.Module:
         """What the optimizer trains: the student, then the trainable parts (the student's parameter order

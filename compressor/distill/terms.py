@@ -68,5 +68,7 @@ class Term(Protocol):
     weight: Weight
     autocast: bool  # it runs a network forward: inside the step's autocast region
     needs_input_grad: bool  # it differentiates the loss with respect to the images
+    needs_teacher: bool  # it reads the teacher's forward (its logits, its points, its graph)
+    needs_features: bool  # it reads the attention points' outputs (the training taps)
 
     def __call__(self, step: Step) -> torch.Tensor: ...

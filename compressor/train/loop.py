@@ -67,9 +67,9 @@ def fit(
 ) -> FitResult:
     """Train `model` (the student, or a teacher from scratch) and return the best-by-validation weights."""
     epochs = epochs or recipe.train.epochs
-    print_ = fingerprint(recipe, role, teacher)  # of the teacher as given, before set-up folds its BatchNorm
+    identity = fingerprint(recipe, role, teacher)  # of the teacher as given, before set-up folds its BatchNorm
     run = prepare(model, data, recipe, device=device, teacher=teacher, pairs=list(pairs), epochs=epochs)
-    state = StateFile(state_path, role, print_, {"model": model, "optimizer": run.optimizer,
+    state = StateFile(state_path, role, identity, {"model": model, "optimizer": run.optimizer,
                       "scheduler": run.scheduler, "scaler": run.scaler, "extra": run.objective}, checkpoint_extra)
     done = _start(state, resume, epochs, device)
     if distributed.is_main():  # the log holds exactly the finished epochs (a kill may have left one more line)
