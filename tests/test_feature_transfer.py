@@ -136,3 +136,38 @@ def test_feature_recipe_keys_are_validated(key):
 
     with pytest.raises(UserError, match="distill.feature"):
         load_recipe(RECIPE, [key])
+
+
+def test_a_new_term_is_one_builder_in_the_registry(monkeypatch, tmp_path):
+    """What docs/ARCHITECTURE.md promises: a term class and one TERMS entry, and fit trains with it and logs it."""
+    from dataclasses import dataclass
+
+    from compressor.data.datasets import load_data
+    from compressor.distill import objective as objective_module
+    from compressor.distill.terms import Reads, Weight
+    from compressor.train.loop import fit
+
+    from .conftest import ROOT
+
+    @dataclass
+    class LogitNorm(Reads):  # a toy regulariser on the student's logits
+        weight: Weight
+        name = "logit_norm"
+
+        def __call__(self, step):
+            return step.logits.pow(2).mean()
+
+    monkeypatch.setitem(objective_module.TERMS, "logit_norm", lambda ctx: [LogitNorm(Weight(0.01))])
+    recipe = load_recipe(RECIPE, [f"data.root={ROOT / 'data'}", "data.limit_train=256", "data.val_fraction=0",
+                                  "train.epochs=1", "train.batch_size=64"])
+    data = load_data(recipe.data, recipe.seed)
+    student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1).eval()
+    result = fit(student, data, recipe, device=CPU, state_path=tmp_path / "state.pt",
+                 metrics_path=tmp_path / "metrics.jsonl", role="distill", teacher=teacher,
+                 pairs=find_pairs("auto", teacher, student, data.input_shape))
+    terms = result.history[0]["train_loss"]
+    assert list(terms) == ["kd", "ce", "at.group0", "at.group1", "at.group2", "logit_norm", "total"]
+    assert terms["logit_norm"] > 0
+    assert terms["total"] == pytest.approx(sum(v for k, v in terms.items() if k != "total"), rel=1e-5)
+    logged = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    assert logged == terms

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch.nn import functional as F
 
-from compressor.distill.terms import Step, Weight, full
+from compressor.distill.terms import Reads, Step, Weight, full
 
 
 class _ChannelEnergy(torch.autograd.Function):
@@ -80,7 +80,7 @@ def at_loss(
 
 
 @dataclass
-class AttentionTerm:
+class AttentionTerm(Reads):
     """`at.<pair>`: at_loss between the student's and the teacher's maps at the pair's index."""
 
     pair: str
@@ -88,8 +88,6 @@ class AttentionTerm:
     weight: Weight
     p: float = 2
     mapping: str = "mean"
-    autocast: ClassVar[bool] = False
-    needs_input_grad: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = True
 

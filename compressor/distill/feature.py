@@ -20,7 +20,7 @@ from torch import nn
 
 from compressor.distill.at import match_size
 from compressor.distill.pairs import Pair
-from compressor.distill.terms import Step, Weight, full
+from compressor.distill.terms import Reads, Step, Weight, full
 
 
 def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
@@ -45,7 +45,7 @@ class FeatureAdapters(nn.Module):
 
 
 @dataclass
-class FeatureTerm:
+class FeatureTerm(Reads):
     """`feat.<pair>`: feature_loss through the pair's adapter."""
 
     pair: str
@@ -53,7 +53,6 @@ class FeatureTerm:
     weight: Weight
     adapter: nn.Module
     autocast: ClassVar[bool] = True
-    needs_input_grad: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
     needs_features: ClassVar[bool] = True
 

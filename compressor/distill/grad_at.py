@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compressor.distill.terms import Step, Weight, full
+from compressor.distill.terms import Reads, Step, Weight, full
 
 
 def hflip(t: torch.Tensor) -> torch.Tensor:
@@ -68,7 +68,7 @@ def student_gradient(step: Step) -> torch.Tensor:
 
 
 @dataclass
-class GradientAT:
+class GradientAT(Reads):
     """`grad_at`: the student's input gradient against the teacher's.
 
     J_T comes from the step's teacher forward on the same x with its graph (`step.teacher_graph`); without it,
@@ -81,7 +81,6 @@ class GradientAT:
     autocast: ClassVar[bool] = True
     needs_input_grad: ClassVar[bool] = True
     needs_teacher: ClassVar[bool] = True
-    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)
@@ -93,7 +92,7 @@ class GradientAT:
 
 
 @dataclass
-class FlipInvariance:
+class FlipInvariance(Reads):
     """`grad_at.flip`: the student's input gradient against its own on the mirrored images (one more forward)."""
 
     weight: Weight
@@ -101,8 +100,6 @@ class FlipInvariance:
     name: ClassVar[str] = "grad_at.flip"
     autocast: ClassVar[bool] = True
     needs_input_grad: ClassVar[bool] = True
-    needs_teacher: ClassVar[bool] = False
-    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         j_s = student_gradient(step)

@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 from torch.nn import functional as F
 
-from compressor.distill.terms import Step, Weight, full
+from compressor.distill.terms import Reads, Step, Weight, full
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -37,31 +37,24 @@ def kd_loss(
 
 
 @dataclass
-class SoftTargets:
+class SoftTargets(Reads):
     """`kd`: the soft-target term, weighted by alpha."""
 
     weight: Weight
     temperature: float = 4.0
     name: ClassVar[str] = "kd"
-    autocast: ClassVar[bool] = False
-    needs_input_grad: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
-    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return soft_target_loss(step.logits, step.teacher_logits, self.temperature)
 
 
 @dataclass
-class CrossEntropy:
+class CrossEntropy(Reads):
     """`ce`: cross-entropy against the labels."""
 
     weight: Weight
     name: ClassVar[str] = "ce"
-    autocast: ClassVar[bool] = False
-    needs_input_grad: ClassVar[bool] = False
-    needs_teacher: ClassVar[bool] = False
-    needs_features: ClassVar[bool] = False
 
     def __call__(self, step: Step) -> torch.Tensor:
         return F.cross_entropy(full(step.logits), step.labels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -72,3 +72,13 @@ class Term(Protocol):
     needs_features: bool  # it reads the attention points' outputs (the training taps)
 
     def __call__(self, step: Step) -> torch.Tensor: ...
+
+
+class Reads:
+    """The flags of `Term` with their defaults (a term of the student's logits alone); a term class inherits
+    them and sets the ones that differ."""
+
+    autocast: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = False
+    needs_features: ClassVar[bool] = False
