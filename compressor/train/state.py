@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ class StateFile:
     """Saves and restores one run's training state at `path`; `saved` is what a divergence message says is
     kept."""
 
-    def __init__(self, path: Path, role: str, fingerprint: dict, parts: dict[str, Callable],
+    def __init__(self, path: Path, role: str, fingerprint: dict, parts: dict[str, Any],
                  extra: Callable[[], dict] | None = None):
         self.path, self.role, self.fingerprint = path, role, fingerprint
         self.parts = parts  # name -> object with state_dict()/load_state_dict(): model, optimizer, scheduler, ...
