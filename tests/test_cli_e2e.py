@@ -9,7 +9,7 @@ import torch
 
 from compressor.models.checkpoint import load_model
 
-from .conftest import RECIPE, ROOT, run_cli, sets
+from .conftest import RECIPE, run_cli, sets
 
 REPORT_KEYS = {
     "passed": None,

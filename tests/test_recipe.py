@@ -1,7 +1,6 @@
 """Recipes: shipped ones validate, overrides work, every problem is reported at once with exit 2."""
 
 import json
-from pathlib import Path
 
 import pytest
 

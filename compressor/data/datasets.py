@@ -258,7 +258,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"Fashion-MNIST ready in {raw}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch.nn import functional as F
 
-from compressor.distill.terms import Reads, Step, Weight, full
+from compressor.distill.terms import PairTerm, Step, Weight, full
 
 
 class _ChannelEnergy(torch.autograd.Function):
@@ -80,29 +80,21 @@ def at_loss(
 
 
 @dataclass
-class AttentionTerm(Reads):
-    """`at.<pair>`: at_loss between the student's and the teacher's maps at the pair's index."""
+class AttentionTerm(PairTerm):
+    """`at.<pair>`: at_loss between the student's and the teacher's outputs at the pair."""
 
-    pair: str
-    index: int
-    weight: Weight
     p: float = 2
     mapping: str = "mean"
-    needs_teacher: ClassVar[bool] = True
-    needs_features: ClassVar[bool] = True
-
-    @property
-    def name(self) -> str:
-        return f"at.{self.pair}"
+    prefix: ClassVar[str] = "at"
 
     def __call__(self, step: Step) -> torch.Tensor:
-        return at_loss(step.student_features[self.index], step.teacher_features[self.index], self.p, self.mapping)
+        return at_loss(*self.outputs(step), self.p, self.mapping)
 
 
 def build(ctx) -> list[AttentionTerm]:
     """One term per pair, when `distill.at` is on (beta > 0) and there is a teacher and pairs."""
     at = ctx.recipe.distill.at
-    if ctx.teacher is None or not at.enabled or at.beta <= 0 or not ctx.pairs:
+    if not ctx.on("at") or not ctx.pairs:
         return []
     weight = Weight(at.beta, at.beta_schedule, at.beta_milestones or ctx.recipe.train.milestones, at.beta_gamma)
     return [AttentionTerm(pair.name, i, weight, at.p, at.mapping) for i, pair in enumerate(ctx.pairs)]

@@ -20,7 +20,7 @@ from torch import nn
 
 from compressor.distill.at import match_size
 from compressor.distill.pairs import Pair
-from compressor.distill.terms import Reads, Step, Weight, full
+from compressor.distill.terms import PairTerm, Step, Weight, full
 
 
 def feature_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, adapter: nn.Module) -> torch.Tensor:
@@ -45,30 +45,22 @@ class FeatureAdapters(nn.Module):
 
 
 @dataclass
-class FeatureTerm(Reads):
+class FeatureTerm(PairTerm):
     """`feat.<pair>`: feature_loss through the pair's adapter."""
 
-    pair: str
-    index: int
-    weight: Weight
     adapter: nn.Module
-    autocast: ClassVar[bool] = True
-    needs_teacher: ClassVar[bool] = True
-    needs_features: ClassVar[bool] = True
-
-    @property
-    def name(self) -> str:
-        return f"feat.{self.pair}"
+    prefix: ClassVar[str] = "feat"
+    autocast: ClassVar[bool] = True  # the adapter is a convolution
 
     def __call__(self, step: Step) -> torch.Tensor:
-        return feature_loss(step.student_features[self.index], step.teacher_features[self.index], self.adapter)
+        return feature_loss(*self.outputs(step), self.adapter)
 
 
 def build(ctx) -> list[FeatureTerm]:
     """One term per pair under `distill.feature` with a teacher, pairs and beta > 0; the adapters go to
     `ctx.trainable`, which the optimizer and the resume state take (the exported student never sees them)."""
     f = ctx.recipe.distill.feature
-    if ctx.teacher is None or not f.enabled or not f.beta or not ctx.pairs:
+    if not ctx.on("feature") or not ctx.pairs:
         return []
     adapters = FeatureAdapters.for_pairs(ctx.pairs).to(ctx.device)
     ctx.trainable = adapters

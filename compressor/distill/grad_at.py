@@ -114,7 +114,7 @@ def build(ctx) -> list:
     The extra forwards (the student's on flip(x), the teacher's when it runs again) also fire the training taps;
     their outputs are overwritten by the next step's forward before anyone reads them."""
     g = ctx.recipe.distill.grad_at
-    if ctx.teacher is None or not g.enabled or not g.beta:
+    if not ctx.on("grad_at"):
         return []
     terms = [GradientAT(Weight(g.beta), ctx.teacher)]
     if g.flip:

@@ -63,6 +63,6 @@ class CrossEntropy(Reads):
 def build(ctx) -> list:
     """kd and ce under `distill.kd` with a teacher; ce alone otherwise (a teacher trained from scratch)."""
     kd = ctx.recipe.distill.kd
-    if ctx.teacher is None or not kd.enabled:
+    if not ctx.on("kd"):
         return [CrossEntropy(Weight(1.0))]
     return [SoftTargets(Weight(kd.alpha), kd.temperature), CrossEntropy(Weight(1.0 - kd.alpha))]

@@ -41,6 +41,10 @@ class TermContext:
     device: torch.device
     trainable: nn.Module | None = None
 
+    def on(self, method: str) -> bool:
+        """Whether the recipe turns `method` on (Recipe.methods: enabled, weight > 0) and there is a teacher."""
+        return self.teacher is not None and method in self.recipe.methods()
+
 
 class Objective:
     """Called once per step with the step's tensors; returns the named weighted terms and their `total`, last."""
@@ -50,6 +54,14 @@ class Objective:
         self.terms = list(terms)
         self.trainable = trainable  # parameters trained with the student that are not the student's
         self.autocast = autocast  # the step's precision, for the terms that run a network forward
+        self.names = [t.name for t in self.terms]
+        # what the step must provide, from the terms' flags (fixed once built, read every step):
+        # x requires grad and the teacher's forward keeps its graph (gradient AT);
+        self.needs_input_grad = any(t.needs_input_grad for t in self.terms)
+        # the attention points' outputs, through the training taps (AT, F-ActT);
+        self.uses_features = any(t.needs_features for t in self.terms)
+        # a teacher forward at all (without one, the student alone, the teacher never runs)
+        self.needs_teacher = any(t.needs_teacher for t in self.terms)
 
     @classmethod
     def build(cls, recipe, student: nn.Module, teacher: nn.Module | None, pairs: Sequence[Pair],
@@ -57,26 +69,6 @@ class Objective:
         ctx = TermContext(recipe, student, teacher, list(pairs), device)
         terms = [term for build in TERMS.values() for term in build(ctx)]
         return cls(terms, ctx.trainable, autocast)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.terms]
-
-    @property
-    def needs_input_grad(self) -> bool:
-        """A term differentiates the loss with respect to the images (gradient AT): x requires grad, and the
-        teacher's forward keeps its graph."""
-        return any(t.needs_input_grad for t in self.terms)
-
-    @property
-    def uses_features(self) -> bool:
-        """A term reads the attention points' outputs (AT, F-ActT)."""
-        return any(t.needs_features for t in self.terms)
-
-    @property
-    def needs_teacher(self) -> bool:
-        """A term reads the teacher's forward: without one (the student alone) the teacher never runs."""
-        return any(t.needs_teacher for t in self.terms)
 
     def optimized(self, student: nn.Module) -> nn.Module:
         """What the optimizer trains: the student, then the trainable parts (the student's parameter order

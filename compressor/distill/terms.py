@@ -82,3 +82,24 @@ class Reads:
     needs_input_grad: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = False
     needs_features: ClassVar[bool] = False
+
+
+@dataclass
+class PairTerm(Reads):
+    """A term of one attention pair: named `<prefix>.<pair>`, it reads the pair's outputs (position `index` of
+    the step's features)."""
+
+    pair: str
+    index: int
+    weight: Weight
+    prefix: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = True
+    needs_features: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.prefix}.{self.pair}"
+
+    def outputs(self, step: Step) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student, teacher) outputs at this pair's points."""
+        return step.student_features[self.index], step.teacher_features[self.index]

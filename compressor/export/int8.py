@@ -26,7 +26,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from compressor.core.errors import UserError
 from compressor.core.fileio import atomic_path
-from compressor.export.sessions import _as_float32, _image_inputs, check_onnx_file
+from compressor.export.sessions import as_float32, check_onnx_file, image_inputs
 
 
 class _ImageReader(CalibrationDataReader):
@@ -91,8 +91,8 @@ def quantize_int8(
     if quant_format not in formats:
         raise UserError(f"int8 format: qdq or qoperator (got {quant_format!r})")
     fp32 = check_onnx_file(fp32_path)
-    images = _as_float32(calibration_images)  # (N, C, H, W)
-    input_name = _image_inputs(fp32)[0].name
+    images = as_float32(calibration_images)  # (N, C, H, W)
+    input_name = image_inputs(fp32)[0].name
     with tempfile.TemporaryDirectory(prefix="compressor-quant-") as work, _quiet_root_logger():
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared))

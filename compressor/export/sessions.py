@@ -44,7 +44,7 @@ _ORT_LOAD_ERRORS = (
 )
 
 
-def _image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+def image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """Graph inputs that are fed at run time (older exporters also list every weight as an input)."""
     initializers = {t.name for t in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in initializers]
@@ -69,7 +69,7 @@ def check_onnx_file(path: str | os.PathLike) -> onnx.ModelProto:
     except (onnx.checker.ValidationError, ValueError) as e:
         raise UserError(f"{path}: not a valid ONNX model ({first_line(e)})") from None
 
-    inputs = _image_inputs(model)
+    inputs = image_inputs(model)
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise UserError(
             f"{path}: an image classifier needs exactly one input and one output "
@@ -169,7 +169,7 @@ def _fixed(dim) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _as_float32(images) -> np.ndarray:
+def as_float32(images) -> np.ndarray:
     """A torch tensor (any device) or array -> contiguous float32 numpy array."""
     if hasattr(images, "detach"):
         images = images.detach().cpu().numpy()
@@ -179,7 +179,7 @@ def _as_float32(images) -> np.ndarray:
 def onnx_predict(session: Session, images, batch_size: int = 256) -> np.ndarray:
     """(N, C, H, W) normalised images -> (N, classes) logits, run in chunks of `batch_size` (of the model's own
     batch size when it has a fixed one: the last chunk is padded with zeros and the padding's rows dropped)."""
-    images = _as_float32(images)
+    images = as_float32(images)
     b = session.fixed_batch or batch_size
     out = []
     for i in range(0, len(images), b):

@@ -113,16 +113,11 @@ def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[Da
     return data, teacher
 
 
-def _uses_pairs(recipe: Recipe) -> bool:
-    """AT and F-ActT read the attention points."""
-    d = recipe.distill
-    return (d.at.enabled and d.at.beta > 0) or (d.feature.enabled and d.feature.beta > 0)
-
-
 def _pairs(recipe: Recipe, teacher: Teacher, grown: Student, data: DataBundle, dev) -> list[Pair]:
     """The attention pairs, printed with the run's summary line."""
     student = grown.model
-    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student, data.input_shape) if _uses_pairs(recipe) else []
+    uses_pairs = {"at", "feature"} & set(recipe.methods())  # the methods that read the attention points
+    pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student, data.input_shape) if uses_pairs else []
     console.print(
         f"distilling [bold]{grown.arch}[/] ({count_params(student) / 1e6:.3f}M params) from [bold]{teacher.arch}[/] "
         f"({count_params(teacher.model) / 1e6:.3f}M, {teacher.source}) on {data.name}: {len(data.train)} train images, "
@@ -182,7 +177,7 @@ def _report(recipe: Recipe, teacher: Teacher, teacher_path: Path, grown: Student
         "distillation": {
             "methods": recipe.methods(),
             "pairs": [pair.describe() for pair in pairs],
-            "beta": recipe.distill.at.beta if recipe.distill.at.enabled and recipe.distill.at.beta > 0 else None,
+            "beta": recipe.distill.at.beta if "at" in recipe.methods() else None,
             "epochs": recipe.train.epochs,
             "best_epoch": result.best_epoch,
             "val_accuracy": result.best_val_accuracy,

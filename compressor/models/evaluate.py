@@ -10,10 +10,10 @@ from torch.nn import functional as F
 
 from compressor.core.device import autocast
 
-Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images, labels) of a split, in order
+Labelled = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images, labels) batches of a split, in order
 
 
-def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=None, predictions: bool = False) -> dict:
+def evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype=None, predictions: bool = False) -> dict:
     """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode; with `predictions`, also
     every image's top-1 class (a CPU tensor, in the split's order).
 
@@ -30,7 +30,7 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype=Non
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, batches: Batches, device: torch.device, dtype, predictions: bool) -> dict:
+def _evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype, predictions: bool) -> dict:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)

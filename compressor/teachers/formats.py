@@ -2,7 +2,7 @@
 by the file's content): a plain state_dict of a named architecture, a TorchScript archive, a `torch.export`
 program (both turned into hookable graph modules by teachers.graphs), and a pickled module (only trusted).
 
-Nothing is unpickled with `weights_only=False` unless the user passes `--trust-teacher`; `_load_pickled` is the
+Nothing is unpickled with `weights_only=False` unless the user passes `--trust-teacher`; `read_pickled` is the
 one place that does it, and `torch.export.load` runs with such loads refused.
 """
 
@@ -37,7 +37,7 @@ class Teacher:
     native_shape: tuple[int, int, int] | None = None  # (C, H, W) it was trained on, when the file says
 
 
-def _unwrap_state_dict(obj) -> dict | None:
+def unwrap_state_dict(obj) -> dict | None:
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if key in obj and isinstance(obj[key], dict):
@@ -47,7 +47,7 @@ def _unwrap_state_dict(obj) -> dict | None:
     return None
 
 
-def _from_state_dict(path: Path, arch: str, state: dict) -> Teacher:
+def read_state_dict(path: Path, arch: str, state: dict) -> Teacher:
     """Build `arch` with the class and channel counts its weights have, then load them."""
     classes, channels = _state_dims(state)
     model = create_model(arch, classes or 10, channels or 3)
@@ -108,7 +108,7 @@ def first_conv_channels(model: nn.Module) -> int | None:
     return conv.in_channels if conv is not None else None
 
 
-def _from_torchscript(path: Path, input_shape: tuple[int, int, int] | None) -> Teacher:
+def read_torchscript(path: Path, input_shape: tuple[int, int, int] | None) -> Teacher:
     from compressor.teachers.graphs import from_torchscript
 
     try:
@@ -151,7 +151,7 @@ def _weights_only_loads(path: Path):
         torch.load = real
 
 
-def _from_exported(path: Path, trust: bool) -> Teacher:
+def read_exported(path: Path, trust: bool) -> Teacher:
     from compressor.teachers.graphs import exported_input_shape, from_exported, training_mode_ops
 
     quiet = logging.getLogger("torch.export")  # it logs a traceback for a corrupt file, then raises anyway
@@ -188,7 +188,7 @@ def _from_exported(path: Path, trust: bool) -> Teacher:
     return Teacher(gm, f"torch.export:{name}", "torch.export", input_shape=shape[1:], native_shape=fixed)
 
 
-def _load_pickled(path: Path):
+def read_pickled(path: Path):
     """The one place that unpickles arbitrary objects: only reached with --trust-teacher."""
     if not path.is_file():
         raise UserError(f"{path}: file not found")

@@ -26,12 +26,12 @@ from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered, list_models
 from compressor.teachers.formats import (
     Teacher,
-    _from_exported,
-    _from_state_dict,
-    _from_torchscript,
-    _load_pickled,
-    _unwrap_state_dict,
     first_conv_channels,
+    read_exported,
+    read_pickled,
+    read_state_dict,
+    read_torchscript,
+    unwrap_state_dict,
 )
 
 
@@ -81,10 +81,10 @@ def open_model(
                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
     kind = file_format(path)
     if kind == "torchscript":
-        return _from_torchscript(path, input_shape)
+        return read_torchscript(path, input_shape)
     if kind == "export":
-        return _from_exported(path, trust)
-    obj = _load_pickled(path) if trust else ckpt_io.load_trusted_dict(path)
+        return read_exported(path, trust)
+    obj = read_pickled(path) if trust else ckpt_io.load_trusted_dict(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):  # {"model": module, "epoch": ...}
         obj = obj["model"]
     if isinstance(obj, nn.Module):
@@ -99,12 +99,12 @@ def open_model(
             tuple(obj["mean"]), tuple(obj["std"]), (obj["input_shape"][0], None, None), len(obj["classes"]),
             tuple(obj["input_shape"]),
         )
-    state = _unwrap_state_dict(obj)
+    state = unwrap_state_dict(obj)
     if state is None:
         raise UserError(f"{path}: neither a compressor checkpoint nor a state_dict (a mapping of parameter names to tensors)")
     if not arch:
         raise UserError(f"{path}: a state_dict holds weights only; name its architecture (teacher.arch / --arch)")
-    return _from_state_dict(path, arch, state)
+    return read_state_dict(path, arch, state)
 
 
 def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> None:

@@ -8,8 +8,8 @@ code computes the same numbers. Re-record only for a change that is meant to cha
 from __future__ import annotations
 
 import json
-import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,12 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.golden_cases import CASES, run_case  # noqa: E402
+from tests.golden_cases import CASES, SAME_EVERYWHERE, run_case  # noqa: E402
 
 
 def main() -> None:
-    out = {"recorded_with": {"python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-                             "isa": os.environ.get("ATEN_CPU_CAPABILITY", "default")},
+    code = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    out = {"recorded_with": {"code": code.strip(), "python": platform.python_version(), "env": SAME_EVERYWHERE},
            "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in CASES:
