@@ -70,6 +70,13 @@ def test_distill_end_to_end(teacher_ckpt, tmp_path):
     model = onnx.load(out / "student.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["compressor.classes"])[9] == "Ankle boot"
+    assert json.loads(meta["compressor.preprocess"]) == {"size": [28, 28], "channels": 1, "scale": 1 / 255,
+                                                         "mean": report["data"]["mean"], "std": report["data"]["std"]}
+    # `compress export` of the student checkpoint writes the very metadata distill wrote (from the checkpoint)
+    exported = tmp_path / "again.onnx"
+    r = run_cli("export", out / "student.pt", "--out", exported)
+    assert r.returncode == 0, r.stderr
+    assert {p.key: p.value for p in onnx.load(exported).metadata_props} == meta
     sess = ort.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
     for b in (1, 3, 17):
         assert sess.run(None, {"input": np.zeros((b, 1, 28, 28), np.float32)})[0].shape == (b, 10)

@@ -1,32 +1,50 @@
 """What an exported model records about itself (ONNX metadata): its architecture, classes, input shape and how an
-image becomes its input, for `compress verify` and for whoever deploys it."""
+image becomes its input, for `compress verify` and for whoever deploys it.
+
+`compress distill` writes it from the run's data (`onnx_metadata`), `compress export` from the checkpoint, which
+records the same fields (`checkpoint_metadata`): a student exported either way carries the same metadata.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from compressor.data.splits import DataBundle
+from compressor.data.streaming import EVAL_CROP
 
 
-def onnx_metadata(arch: str, data: DataBundle, kind: str) -> dict[str, str]:
+def model_metadata(arch: str, kind: str, *, classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
+                   input_shape: Sequence[int], dataset: str) -> dict[str, str]:
     return {
         "compressor.arch": arch,
         "compressor.kind": kind,
-        "compressor.classes": json.dumps(data.classes),
-        "compressor.mean": json.dumps(list(data.mean)),
-        "compressor.std": json.dumps(list(data.std)),
-        "compressor.input_shape": json.dumps(list(data.input_shape)),
-        "compressor.dataset": data.name,
-        "compressor.preprocess": json.dumps(preprocess(data)),
+        "compressor.classes": json.dumps(list(classes)),
+        "compressor.mean": json.dumps(list(mean)),
+        "compressor.std": json.dumps(list(std)),
+        "compressor.input_shape": json.dumps(list(input_shape)),
+        "compressor.dataset": dataset,
+        "compressor.preprocess": json.dumps(preprocess(dataset, input_shape, mean, std)),
     }
 
 
-def preprocess(data: DataBundle) -> dict:
+def onnx_metadata(arch: str, data: DataBundle, kind: str) -> dict[str, str]:
+    """The metadata of a model trained on `data`."""
+    return model_metadata(arch, kind, classes=data.classes, mean=data.mean, std=data.std,
+                          input_shape=data.input_shape, dataset=data.name)
+
+
+def checkpoint_metadata(ck: dict) -> dict[str, str]:
+    """The metadata of a compressor checkpoint's model (a pruned student is `<arch>-pruned`, as distill names it)."""
+    arch = f"{ck['arch']}-pruned" if ck.get("pruned") is not None else ck["arch"]
+    return model_metadata(arch, ck.get("kind", "model"), classes=ck["classes"], mean=ck["mean"], std=ck["std"],
+                          input_shape=ck["input_shape"], dataset=ck.get("dataset", ""))
+
+
+def preprocess(dataset: str, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> dict:
     """How an image becomes the model's input, for whoever deploys it: the evaluation transform and normalisation
     (an ImageFolder: shorter side to resize, centre crop; the built-in datasets are used at their own size)."""
-    from compressor.data.streaming import EVAL_CROP
-
-    c, h, w = data.input_shape
+    c, h, w = input_shape
     steps = {"resize_shorter_side": round(h / EVAL_CROP), "center_crop": [h, w], "interpolation": "bilinear"} \
-        if data.name == "imagefolder" else {"size": [h, w]}
-    return {**steps, "channels": c, "scale": 1 / 255, "mean": list(data.mean), "std": list(data.std)}
+        if dataset == "imagefolder" else {"size": [h, w]}
+    return {**steps, "channels": c, "scale": 1 / 255, "mean": list(mean), "std": list(std)}

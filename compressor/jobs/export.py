@@ -11,6 +11,7 @@ from compressor.core.errors import GateFailure, UserError
 from compressor.core.progress import console
 from compressor.data.batches import Normalize
 from compressor.data.datasets import load_data
+from compressor.export.metadata import checkpoint_metadata
 from compressor.export.onnx import check_parity, export_onnx
 from compressor.jobs.common import check_output, parse_shape
 from compressor.models import checkpoint as ckpt_io
@@ -34,11 +35,7 @@ def export_checkpoint(
                                   shape=parse_shape(input_shape))
     model, ck = ckpt_io.load_model(path)
     shape = tuple(ck["input_shape"])
-    arch_name = f"{ck['arch']}-pruned" if ck.get("pruned") is not None else ck["arch"]  # as distill names it
-    meta = {"compressor.arch": arch_name, "compressor.classes": json.dumps(ck["classes"]),
-            "compressor.mean": json.dumps(ck["mean"]), "compressor.std": json.dumps(ck["std"]),
-            "compressor.input_shape": json.dumps(ck["input_shape"]), "compressor.kind": ck.get("kind", "model")}
-    info = export_onnx(model, out, input_shape=shape, opset=opset, metadata=meta)
+    info = export_onnx(model, out, input_shape=shape, opset=opset, metadata=checkpoint_metadata(ck))
     images = _parity_images(ck, shape)
     parity = check_parity(model, out, images, batch_sizes=(1, 17))
     info["max_abs_diff"] = parity["max_abs_diff"]
@@ -58,7 +55,6 @@ def _parity_verdict(parity: dict, out: Path, what: str, atol: float, rtol: float
 
 def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, max_abs_diff: float, rtol: float,
                        shape) -> dict:
-
     shape = shape or teacher.native_shape
     if shape is None:
         raise UserError(f"{path}: the file does not record its input shape; give --input-shape C,H,W")
