@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -23,14 +22,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from compressor.data.batches import Normalize
+from compressor.core.device import cpu_has_vnni, environment  # noqa: E402
+from compressor.data.batches import Normalize  # noqa: E402
 from compressor.data.datasets import load_data  # noqa: E402
-from compressor.data.splits import stratified_indices
-from compressor.export.int8 import cpu_has_vnni, quantize_int8  # noqa: E402
+from compressor.data.splits import stratified_indices  # noqa: E402
+from compressor.export.int8 import quantize_int8  # noqa: E402
 from compressor.export.sessions import create_session  # noqa: E402
 from compressor.recipe.load import validate_recipe  # noqa: E402
+from compressor.verify.accuracy import onnx_split_accuracy  # noqa: E402
 from compressor.verify.latency import measure_latencies, speedups  # noqa: E402
-from compressor.verify.student import onnx_split_accuracy  # noqa: E402
 
 
 def main() -> int:
@@ -67,8 +67,7 @@ def main() -> int:
                            "speedup_vs_fp32": ratio, "speedup_interval": interval}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), platform.machine())
+    cpu = environment(torch.device("cpu"))["cpu"]
     result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "vnni": cpu_has_vnni(), "threads": args.threads,
               "student_params": report["student"]["params"], "rows": rows}
     if args.out:

@@ -10,7 +10,7 @@ import json
 
 import torch
 
-from compressor.core.device import amp_choice, cpu_native_bf16
+from compressor.core.device import amp_choice, cpu_has_vnni, cpu_native_bf16
 
 from .conftest import RECIPE, run_cli, sets
 
@@ -29,6 +29,11 @@ def test_auto_is_bf16_where_the_cpu_has_native_bf16_and_fp32_elsewhere(monkeypat
     native, why = cpu_native_bf16()
     flags = open("/proc/cpuinfo").read()
     assert native == ("avx512_bf16" in flags or "amx_tile" in flags), why
+
+
+def test_the_vnni_probe_reads_the_cpu():
+    """int8's reduce_range follows it (tests/test_verify_cli.py); here the probe itself against the kernel's flags."""
+    assert cpu_has_vnni() == ("avx512_vnni" in open("/proc/cpuinfo").read().split())
 
 
 def test_the_choice_and_its_reason_are_printed_and_reported(small_teacher, tmp_path):

@@ -67,7 +67,7 @@ def test_int8_is_measured_beside_fp32(teacher_ckpt, tmp_path, cli):
     report = json.loads((out / "report.json").read_text())
     q = report["int8"]
     assert (out / "student.int8.onnx").is_file() and q["weights"] == "int8"
-    from compressor.export.int8 import cpu_has_vnni
+    from compressor.core.device import cpu_has_vnni
 
     assert q["reduce_range"] == (not cpu_has_vnni())  # 7-bit weights only where u8s8 products could saturate
     assert q["provider"] == "CPUExecutionProvider" and set(q["fp32_latency"]) == set(q["latency"])  # same provider

@@ -42,12 +42,23 @@ def cpu_native_bf16() -> tuple[bool, str]:
     forced = os.environ.get("COMPRESSOR_CPU_BF16")
     if forced in ("0", "1"):
         return forced == "1", f"COMPRESSOR_CPU_BF16={forced}"
-    cpu = getattr(torch, "cpu", None)
-    if getattr(cpu, "_is_avx512_bf16_supported", lambda: False)():
+    if _cpu_probe("avx512_bf16"):
         return True, "the CPU has AVX512-BF16 (PyTorch's CPU probe): bf16 runs natively"
-    if getattr(cpu, "_is_amx_tile_supported", lambda: False)():
+    if _cpu_probe("amx_tile"):
         return True, "the CPU has AMX tiles (PyTorch's CPU probe): bf16 runs natively"
     return False, "the CPU has neither AVX512-BF16 nor AMX (PyTorch's CPU probe): bf16 would be emulated, fp32 is faster"
+
+
+def cpu_has_vnni() -> bool:
+    """AVX512-VNNI, as PyTorch's CPU probe reports: int8 products that onnxruntime's u8s8 kernels compute without
+    saturating (export.int8 keeps 8-bit weights there, 7-bit elsewhere). PyTorch 2.14's probe does not look for
+    AVX-VNNI (Alder Lake and later): such a CPU gets 7-bit weights, the safe side."""
+    return _cpu_probe("vnni")
+
+
+def _cpu_probe(feature: str) -> bool:
+    """PyTorch's own CPU feature probe, `torch.cpu._is_<feature>_supported()` (False where it has none)."""
+    return bool(getattr(torch.cpu, f"_is_{feature}_supported", lambda: False)())
 
 
 def amp_choice(setting: str, device: torch.device) -> tuple[torch.dtype | None, str]:

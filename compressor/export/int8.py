@@ -24,6 +24,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from compressor.core.device import cpu_has_vnni
 from compressor.core.errors import UserError
 from compressor.core.fileio import atomic_path
 from compressor.export.sessions import as_float32, check_onnx_file, image_inputs
@@ -50,21 +51,6 @@ def _quiet_root_logger():
         yield
     finally:
         root.setLevel(level)
-
-
-def cpu_has_vnni() -> bool:
-    """AVX512-VNNI or AVX-VNNI, as PyTorch's CPU probe reports (where onnxruntime's u8s8 kernels cannot saturate)."""
-    import torch
-
-    probe = getattr(getattr(torch, "cpu", None), "_is_vnni_supported", None)
-    if probe is not None:
-        return bool(probe())
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def quantize_int8(
