@@ -1,5 +1,8 @@
 """Attention points: `compress inspect` on every model format, discovery without feature_info, explicit pairs."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torchvision
@@ -77,6 +80,11 @@ def test_inspect_rejects_what_it_cannot_open(cli, tmp_path):
     assert r.exit_code == 2 and "resnet19" in r.output
     r = cli("inspect", "wrn-16-2", "--input-shape", "28x28")
     assert r.exit_code == 2 and "--input-shape" in r.output
+    # a shape of the wrong rank or with a zero is refused too, also under `python -O` (which drops asserts)
+    for bad in ("1,28", "0,28,28"):
+        r = subprocess.run([sys.executable, "-O", "-m", "compressor", "inspect", "wrn-16-2", "--input-shape", bad],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "--input-shape: expected C,H,W" in r.stderr, (bad, r.stderr)
 
 
 def test_discovery_finds_the_declared_stages():

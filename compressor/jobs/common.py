@@ -49,7 +49,8 @@ def parse_shape(text: str | None, flag: str = "--input-shape") -> tuple[int, int
         return None
     try:
         shape = tuple(int(v) for v in text.split(","))
-        assert len(shape) == 3 and min(shape) > 0
-    except (ValueError, AssertionError):
-        raise UserError(f"{flag}: expected C,H,W such as 3,32,32, got {text!r}") from None
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:  # not an assert: `python -O` would drop it
+        raise UserError(f"{flag}: expected C,H,W such as 3,32,32, got {text!r}")
     return shape
