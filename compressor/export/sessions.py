@@ -202,7 +202,7 @@ def probe_classifier(session: Session, input_shape: tuple[int, int, int], num_cl
     """
     name = session.path
     dims = session.inner.get_inputs()[0].shape  # [N, C, H, W], entries numbers or symbols
-    for axis, (dim, want) in enumerate(zip(dims[1:], input_shape)):
+    for dim, want in zip(dims[1:], input_shape):
         if _fixed(dim) and dim != want:
             raise UserError(f"{name}: takes inputs of shape {tuple(_fixed(d) or '?' for d in dims[1:])} "
                             f"(C, H, W); the recipe's data has {tuple(input_shape)}")

@@ -116,7 +116,7 @@ def claimed(claim: Claim | None, body, state: Path):
 
 def _check_out_dir(out: Path, *, resume: bool, force: bool) -> None:
     finished = (out / FINISHED_MARKER).exists()
-    unfinished = (out / "train_state.pt").exists()
+    unfinished = RunPaths(out).state.exists()
     if finished and not force and not resume:
         raise UserError(f"--out: {out} holds a finished run ({FINISHED_MARKER}); pass --force to overwrite it")
     if unfinished and not finished and not resume and not force:

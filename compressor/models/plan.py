@@ -48,6 +48,7 @@ def apply_channel_plan(model: nn.Module, plan: dict, shapes: dict[str, tuple[int
 def state_shapes(state_dict: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
 
+
 def model_from_plan(arch: str, plan, state_dict: dict, num_classes: int, in_channels: int) -> nn.Module:
     """A pruned model from a checkpoint's plain data; ValueError / RuntimeError if they do not fit together."""
     if not isinstance(plan, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in plan.items()):

@@ -21,6 +21,7 @@ from compressor.core.progress import console
 from compressor.data.batches import Normalize, make_batches
 from compressor.data.splits import DataBundle
 from compressor.models import create_model, is_registered
+from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
 from compressor.models.plan import apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
@@ -106,8 +107,6 @@ def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | Non
 
 
 def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
-    from compressor.models.evaluate import evaluate
-
     cfg = recipe.student
     full = count_params(teacher.model)
     t_flops = count_flops(teacher.model, data.input_shape)

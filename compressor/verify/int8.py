@@ -18,8 +18,6 @@ from compressor.verify.gates import gate, latency_gates
 from compressor.verify.latency import measure_latencies, speedups
 
 CALIBRATION_IMAGES = 512
-
-
 INT8_MARGIN = 0.05  # int8 ships only if it is this much faster than fp32, and faster in every timing round
 
 

@@ -83,7 +83,8 @@ def verify_student(
     if recipe.export.quantize == "int8":
         sessions = {"teacher": t_sess, "student": s_sess}
         sections["int8"] = check_int8(student_path, out / "student.int8.onnx", data, recipe, t_acc, sessions)
-    sections["shipped"] = sections.get("int8", {}).get("path") if sections.get("int8", {}).get("ship") else str(student_path)
+    int8 = sections.get("int8")
+    sections["shipped"] = int8["path"] if int8 and int8["ship"] else str(student_path)
     sections["gates"] = gates
     return sections
 
