@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from compressor.data.splits import stratified_indices
 
-from .conftest import RECIPE, ROOT, run_cli, sets
+from .conftest import RECIPE, ROOT, check_speedups, run_cli, sets
 from .test_bad_inputs import FAST, assert_untouched, errors, snapshot
 
 
@@ -161,10 +161,7 @@ def test_sigterm_after_training_says_how_to_go_on_and_resume_finishes(small_teac
     assert gates["max_abs_diff"]["limit"] == pytest.approx(1e-4 + 1e-5 * scale)
     lat = report["latency"]
     assert lat["rounds"] == 5
-    for b, ratio in lat["speedup"].items():
-        lo, hi = lat["speedup_interval"][b]
-        assert lo <= ratio <= hi
-        assert len(lat["teacher"][b]["round_p50_ms"]) == len(lat["student"][b]["round_p50_ms"]) == 5
+    check_speedups(lat["teacher"], lat["student"], lat["speedup"], lat["speedup_interval"], rounds=5)
     assert report["environment"]["onnxruntime_provider"] == lat["provider"] == "CPUExecutionProvider"
 
 

@@ -123,7 +123,8 @@ def _stats(ms: np.ndarray, b: int) -> dict:
 
 def speedups(slow: dict[str, dict], fast: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
     """`slow`'s p50 over `fast`'s per batch size, and its interval: the lowest and highest ratio of one round's
-    medians (both measured by `measure_latencies` in the same rounds)."""
+    medians (both measured by `measure_latencies` in the same rounds). The interval is the paired rounds' spread,
+    not a bound: the pooled p50s' ratio can lie just outside it when the rounds disagree."""
     ratio, interval = {}, {}
     for b in fast:
         if b not in slow:
