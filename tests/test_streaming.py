@@ -198,7 +198,7 @@ def test_resume_on_the_stream_path_gives_the_same_student(folder, tmp_path, cli)
     """kill -9 inside epoch 2 and --resume: the student is bit-identical to an uninterrupted run's (CPU)."""
     from compressor.models import create_model
 
-    from .test_resume import finish, saved_position, start_cli, student_checkpoint, wait_for
+    from .test_resume import kill_inside_an_epoch, start_cli, student_checkpoint
 
     torch.manual_seed(0)
     teacher = tmp_path / "wrn.pt"
@@ -210,12 +210,9 @@ def test_resume_on_the_stream_path_gives_the_same_student(folder, tmp_path, cli)
     r = cli(*args, "--out", straight)
     assert r.exit_code == 0, r.output
     proc = start_cli(*args, "--out", killed)
-    wait_for(proc, lambda: (saved_position(killed / "train_state.pt") or (0, 0))[0] == 1
-             and saved_position(killed / "train_state.pt")[1] > 0)
-    proc.send_signal(9)
-    finish(proc)
+    _, step = kill_inside_an_epoch(proc, killed / "train_state.pt")  # inside epoch 2, the last
     r = cli(*args, "--out", killed, "--resume")
     assert r.exit_code == 0, r.output
-    assert "resuming from epoch 2 step" in r.output
+    assert f"resuming from epoch 2 step {step}" in r.output
     a, b = student_checkpoint(straight)["state_dict"], student_checkpoint(killed)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
