@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from compressor.data.splits import DataBundle
 from compressor.data.streaming import EVAL_CROP
+from compressor.models.checkpoint import reported_arch
 
 
 def model_metadata(arch: str, kind: str, *, classes: Sequence[str], mean: Sequence[float], std: Sequence[float],
@@ -35,9 +36,8 @@ def onnx_metadata(arch: str, data: DataBundle, kind: str) -> dict[str, str]:
 
 
 def checkpoint_metadata(ck: dict) -> dict[str, str]:
-    """The metadata of a compressor checkpoint's model (a pruned student is `<arch>-pruned`, as distill names it)."""
-    arch = f"{ck['arch']}-pruned" if ck.get("pruned") is not None else ck["arch"]
-    return model_metadata(arch, ck.get("kind", "model"), classes=ck["classes"], mean=ck["mean"], std=ck["std"],
+    """The metadata of a compressor checkpoint's model, its architecture named as distill names it."""
+    return model_metadata(reported_arch(ck), ck.get("kind", "model"), classes=ck["classes"], mean=ck["mean"], std=ck["std"],
                           input_shape=ck["input_shape"], dataset=ck.get("dataset", ""))
 
 

@@ -80,6 +80,16 @@ def load_trusted_dict(path: str | Path) -> Any:
         raise UserError(f"{p}: not a readable PyTorch checkpoint (truncated or another format: {first})") from None
 
 
+def pruned_name(arch: str) -> str:
+    """What a student pruned from `arch` is called (report, ONNX metadata, teacher.arch of a re-used student)."""
+    return f"{arch}-pruned"
+
+
+def reported_arch(ckpt: dict) -> str:
+    """A checkpoint's architecture as distill reports it: `<arch>-pruned` for a pruned student."""
+    return pruned_name(ckpt["arch"]) if ckpt.get("pruned") is not None else ckpt["arch"]
+
+
 def is_compressor_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 

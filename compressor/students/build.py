@@ -20,12 +20,18 @@ from compressor.core.errors import UserError
 from compressor.core.progress import console
 from compressor.data.batches import Normalize, make_batches
 from compressor.data.splits import DataBundle
+from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
 from compressor.models.plan import apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
-from compressor.students.pruning import CannotPrune, channel_plan, grow_student, recalibrate_bn
+from compressor.students.pruning import (
+    CannotPrune,
+    channel_plan,
+    grow_student,
+    recalibrate_bn,
+)
 from compressor.students.sizing import choose_student_size, parse_flops, parse_size
 from compressor.teachers.load import Teacher
 
@@ -127,7 +133,7 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     test = make_batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
     pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
     flops = count_flops(model, data.input_shape)
-    arch = f"{teacher.arch}-pruned"
+    arch = ckpt_io.pruned_name(teacher.arch)
     limits = ", ".join(t for t in (target and f"target {target:,} parameters",
                                    target_flops and f"{target_flops:,} FLOPs") if t)
     how = "of each channel group" if cfg.allocation == "uniform" else "of all channels, ranked globally,"

@@ -110,11 +110,9 @@ def open_model(
 def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> None:
     """A compressor checkpoint's architecture must be the `arch` the user gave: its `arch`, or for a pruned
     student (a `pruned` channel plan over the base `arch`) also `<base>-pruned`, the name distill reports."""
-    own = ckpt["arch"]
-    pruned = ckpt.get("pruned") is not None
-    if arch == own or (pruned and arch == f"{own}-pruned"):
+    shown = ckpt_io.reported_arch(ckpt)
+    if arch in (ckpt["arch"], shown):
         return
-    shown = f"{own}-pruned" if pruned else own
     raise UserError(f"{path}: {arch_key} is {arch}, but this compressor checkpoint holds a {shown}; "
                     f"set {arch_key} to {shown} or leave it out (the checkpoint names its own architecture)")
 
