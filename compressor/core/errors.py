@@ -40,6 +40,10 @@ class Interrupted(CompressorError):
     exit_code = EXIT_INTERRUPTED
 
 
+class Cancelled(Interrupted):
+    """The caller of a job (the job service) asked it to stop: the same exit as SIGTERM, the state saved."""
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message (library errors are often pages long), else its type's name."""
     lines = str(e).strip().splitlines()

@@ -8,12 +8,13 @@ verified in onnxruntime and reported; exit 1 (GateFailure) after every file is w
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from compressor.core import distributed
 from compressor.core.device import environment, memory_format, resolve_device, seed_everything
 from compressor.core.fileio import write_json, write_text
-from compressor.core.progress import TrainProgress, console
+from compressor.core.progress import Listener, Reporter, TerminalProgress, console
 from compressor.data.datasets import load_data
 from compressor.data.splits import DataBundle
 from compressor.distill.pairs import Pair, find_pairs
@@ -51,51 +52,65 @@ def distill(
     resume: bool = False,
     force: bool = False,
     trust_teacher: bool = False,
+    progress: Listener | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> dict:
-    """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails."""
+    """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails.
+
+    `progress` gets the job's ProgressEvents (phase; epoch, step, img/s, ETA while it trains) beside the terminal's
+    bar; `cancel()` is polled between training steps and phases, and True stops the job as SIGTERM does (the state
+    saved for --resume, `Cancelled`, exit 130)."""
     started = time.perf_counter()
     paths = RunPaths(out)
-    require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     parallel = distributed.describe(recipe.train)
+    listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
+    reporter = Reporter("distill", listeners, cancel)
     claim = distributed.on_main(claim_out_dir, out, resume=resume, force=force)
-    return claimed(claim, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher),
-                    paths.state)
+    return claimed(claim, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher,
+                                           reporter), paths.state)
 
 
 def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, started: float, resume: bool,
-             trust_teacher: bool) -> dict:
+             trust_teacher: bool, reporter: Reporter) -> dict:
     paths = RunPaths(out)
+    reporter.phase("loading", f"loading the data and the teacher {teacher_path}")
     distributed.on_main(remove_leftovers, out, RUN_FILES)
     distributed.on_main(remove_leftovers, out / "figures", FIGURE_FILES)
     seed_everything(recipe.seed)
     data, teacher = _inputs(teacher_path, recipe, trust_teacher)
+    reporter.phase("growing", "building the student")
     grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
     pairs = _pairs(recipe, teacher, grown, data, dev)
     initial_student = {k: v.detach().clone() for k, v in grown.model.state_dict().items()}  # the "before" figure
     result = fit(
         grown.model, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
         teacher=teacher.model, pairs=pairs, resume=resume,
-        progress=TrainProgress("distill") if distributed.is_main() else None,
+        reporter=reporter,
         checkpoint_extra=lambda: {"student": saved_entry(grown)},
     )
     if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
         return {}
+    reporter.phase("testing", "test accuracy of teacher and student in PyTorch")
     tested = _test_and_save(result, grown, teacher, teacher_path, data, recipe, out, dev)
     report = _report(recipe, teacher, teacher_path, grown, data, pairs, result, tested, started)
     report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
     verified = verify_student(result.model, teacher.model, data, recipe, out, student_arch=grown.arch,
-                              teacher_arch=teacher.arch, torch_predictions=tested["student"]["predictions"])
+                              teacher_arch=teacher.arch, torch_predictions=tested["student"]["predictions"],
+                              reporter=reporter)
     for role, accuracy in verified.pop("onnx_accuracy").items():
         report[role]["onnx_accuracy"] = accuracy
     report.update(verified)
     report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
     report["wall_seconds"] = time.perf_counter() - started
     report["passed"] = all(g["passed"] for g in report["gates"])
+    reporter.phase("reporting", "figures, report.json, report.md")
     report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
     write_text(out / "report.md", render_markdown(report))
     write_json(out / "report.json", report)
     print_summary(report)
+    reporter.emit("done", message="passed" if report["passed"] else "a gate failed")
     console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
     raise_failed(report["gates"])
     return report

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compressor.core import runlock
-from compressor.core.errors import GateFailure, Interrupted, UserError
+from compressor.core.errors import Cancelled, GateFailure, Interrupted, UserError
 from compressor.core.fileio import remove_stale_temporaries
-from compressor.core.progress import console
+from compressor.core.progress import CancelRequested, console
 
 FINISHED_MARKER = "report.json"
 # what `compress distill` writes into --out (and figures/), whose leftover temporaries a new run may remove
@@ -105,10 +105,12 @@ def claimed(claim: Claim | None, body, state: Path):
     except GateFailure:
         ok = True  # a finished run: every artifact is written
         raise
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CancelRequested) as e:
         how = (f"{state} holds the training state: run the same command with --resume to go on from it (a finished "
                "training is not repeated)" if state.exists() else "no training state was saved yet: run it again")
-        raise Interrupted(f"interrupted; files being written were discarded, finished ones are complete; {how}") from None
+        what = "cancelled" if isinstance(e, CancelRequested) else "interrupted"
+        error = Cancelled if isinstance(e, CancelRequested) else Interrupted
+        raise error(f"{what}; files being written were discarded, finished ones are complete; {how}") from None
     finally:
         if claim is not None:
             claim.release(failed=not ok)

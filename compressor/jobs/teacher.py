@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from compressor.core import distributed
 from compressor.core.device import resolve_device, seed_everything
 from compressor.core.errors import UserError
-from compressor.core.progress import TrainProgress, console
+from compressor.core.progress import Listener, Reporter, TerminalProgress, console
 from compressor.data.datasets import load_data
 from compressor.jobs.common import batches_for
 from compressor.jobs.outdir import claim, claimed, remove_leftovers
@@ -19,8 +20,10 @@ from compressor.recipe.schema import Recipe
 from compressor.train.loop import fit
 
 
-def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False) -> dict:
-    """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint."""
+def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False,
+                  progress: Listener | None = None, cancel: Callable[[], bool] | None = None) -> dict:
+    """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint.
+    `progress` and `cancel` as for jobs.distill.distill."""
     if out.exists() and out.is_dir():
         raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
     state_path = out.with_name(out.name + ".state")
@@ -34,10 +37,14 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
 
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
     held = distributed.on_main(claim, out.parent, f".{out.name}.lock", out, check)
-    return claimed(held, lambda: _train_teacher(recipe, out, dev, state_path, metrics_path, resume), state_path)
+    listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
+    reporter = Reporter("train", listeners, cancel)
+    return claimed(held, lambda: _train_teacher(recipe, out, dev, state_path, metrics_path, resume, reporter),
+                   state_path)
 
 
-def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_path: Path, resume: bool) -> dict:
+def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_path: Path, resume: bool,
+                   reporter: Reporter) -> dict:
     distributed.on_main(remove_leftovers, out.parent, (out.name, state_path.name, metrics_path.name))
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
@@ -50,10 +57,11 @@ def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_pat
     )
     result = fit(
         model, data, recipe, device=dev, state_path=state_path, metrics_path=metrics_path, role="teacher",
-        epochs=epochs, resume=resume, progress=TrainProgress("teacher") if distributed.is_main() else None,
+        epochs=epochs, resume=resume, reporter=reporter,
     )
     if not distributed.finish():  # the other ranks are done; rank 0 tests and saves
         return {}
+    reporter.phase("testing", "test accuracy")
     test = evaluate(result.model, batches_for(data.test, data, dev, recipe), dev)
     ck = ckpt_io.model_checkpoint(
         result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,

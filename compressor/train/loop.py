@@ -23,9 +23,8 @@ from torch import nn
 
 from compressor.core import distributed
 from compressor.core.device import autocast
-from compressor.core.errors import Interrupted
 from compressor.core.fileio import append_jsonl, write_jsonl
-from compressor.core.progress import TrainProgress, console
+from compressor.core.progress import Reporter, console, eta
 from compressor.data.splits import DataBundle
 from compressor.distill.pairs import Pair
 from compressor.distill.terms import Step
@@ -62,10 +61,13 @@ def fit(
     pairs: Sequence[Pair] = (),
     epochs: int | None = None,
     resume: bool = False,
-    progress: TrainProgress | None = None,
+    reporter: Reporter | None = None,
     checkpoint_extra: Callable[[], dict] | None = None,
 ) -> FitResult:
-    """Train `model` (the student, or a teacher from scratch) and return the best-by-validation weights."""
+    """Train `model` (the student, or a teacher from scratch) and return the best-by-validation weights.
+
+    `reporter` gets the training's progress (epoch, step, img/s, ETA, loss terms, each epoch's metrics row) and
+    is polled between steps for cancellation, which stops the run as SIGTERM does (state saved, `Cancelled`)."""
     epochs = epochs or recipe.train.epochs
     identity = fingerprint(recipe, role, teacher)  # of the teacher as given, before set-up folds its BatchNorm
     run = prepare(model, data, recipe, device=device, teacher=teacher, pairs=list(pairs), epochs=epochs)
@@ -79,24 +81,26 @@ def fit(
         for epoch in range(done.epoch, epochs):
             first = done.step if epoch == done.epoch else 0
             meter = EpochMeter(device, done.partial if epoch == done.epoch and distributed.is_main() else None)
-            if progress:
-                progress.start_epoch(epoch + 1, epochs, len(run.train), first)
+            if reporter:
+                reporter.emit("training", epoch=epoch + 1, epochs=epochs, step=first, steps=len(run.train))
             for step, (x, y) in enumerate(run.train.iterate(epoch, first), start=first):
                 first_step_at = first_step_at or time.perf_counter()  # when the data got going
                 terms, logits = train_step(run, x, y, epoch)
                 meter.add(step, terms, logits, y)  # on the device: no host sync per step
-                _sync_point(run, recipe.train, meter, stop, state, done, epoch, step, progress)
+                if reporter and stop.signal is None and reporter.cancelled():
+                    stop.cancel()
+                _sync_point(run, recipe.train, meter, stop, state, done, epoch, step, reporter, first)
             row = _end_epoch(run, meter, epoch, state)
             done.keep_if_best(row.get("val_accuracy", float(epoch)), epoch + 1, model)  # no val split: the last
             done.history.append(row)
             if distributed.is_main():
                 append_jsonl(metrics_path, row)
             state.save(done, epoch + 1, 0, device)
-            if progress:
-                progress.end_epoch(row)
+            if reporter:
+                reporter.emit(epoch=epoch + 1, epochs=epochs, step=len(run.train), steps=len(run.train), metrics=row)
             if distributed.any_rank(stop.signal is not None, device):  # also waits for rank 0's save
-                raise Interrupted(f"interrupted after epoch {epoch + 1}; state saved to {state_path}; "
-                                  "run the same command with --resume to continue")
+                raise stop.error(f"after epoch {epoch + 1}; state saved to {state_path}; "
+                                 "run the same command with --resume to continue")
     return _finish(run, done, first_step_at)
 
 
@@ -142,7 +146,7 @@ def _start(state: StateFile, resume: bool, epochs: int, device: torch.device) ->
 
 
 def _sync_point(run: Training, cfg, meter: EpochMeter, stop: StopFlag, state: StateFile, done: Progress,
-                epoch: int, step: int, progress: TrainProgress | None) -> None:
+                epoch: int, step: int, reporter: Reporter | None, first: int) -> None:
     """Every train.log_every steps, at the epoch's last step, before a mid-epoch checkpoint and when a signal
     came: the processes agree on divergence and on stopping (so every rank takes the same branch), progress is
     shown, a mid-epoch checkpoint is written, and a stop saves the state and raises Interrupted."""
@@ -153,16 +157,19 @@ def _sync_point(run: Training, cfg, meter: EpochMeter, stop: StopFlag, state: St
         bad, stopping = distributed.agree(meter.divergence.step, stop.signal is not None)
         if bad >= 0:
             raise meter.divergence.error(epoch, bad, state.saved)
-        if progress:
-            progress.update(step + 1, meter.means(), meter.accuracy(), meter.seen / meter.seconds)
+        if reporter:
+            seconds = meter.seconds - meter.earlier_seconds  # this process's share of the epoch: steps first..step
+            reporter.emit(epoch=epoch + 1, epochs=run.epochs, step=step + 1, steps=len(run.train),
+                          losses=meter.means(), accuracy=meter.accuracy(), images_per_second=meter.seen / meter.seconds,
+                          eta_seconds=eta(epoch + 1, run.epochs, step + 1, len(run.train), seconds, first))
     if checkpoint or (stopping and not last):
         if not finite(run.model):
             raise meter.divergence.error(epoch, step, state.saved, weights=True)
         state.save(done, epoch, step + 1, run.device, meter.so_far())
     if stopping and not last:
         distributed.barrier()  # the other ranks leave only once rank 0 has saved
-        raise Interrupted(f"interrupted at epoch {epoch + 1} step {step + 1}; state saved to {state.path}; "
-                          "run the same command with --resume to continue")
+        raise stop.error(f"at epoch {epoch + 1} step {step + 1}; state saved to {state.path}; "
+                         "run the same command with --resume to continue")
 
 
 def _end_epoch(run: Training, meter: EpochMeter, epoch: int, state: StateFile) -> dict:

@@ -14,7 +14,7 @@ from torch import nn
 
 from compressor.core import distributed
 from compressor.core.device import amp_choice, autocast, channels_last_safe, memory_format
-from compressor.core.errors import UserError
+from compressor.core.errors import Cancelled, Interrupted, UserError
 from compressor.core.progress import console
 from compressor.data.batches import Normalize, make_batches
 from compressor.distill.objective import Objective
@@ -115,14 +115,26 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
 
 
 class StopFlag:
-    """SIGINT / SIGTERM set a flag the loop checks between steps, so the saved state is always consistent.
+    """SIGINT / SIGTERM (or the caller's cancellation, `cancel`) set a flag the loop checks between steps, so the
+    saved state is always consistent.
 
     A second Ctrl-C interrupts at once.
     """
 
+    CANCELLED = -1  # `signal` when the job's caller cancelled it rather than a signal
+
     def __init__(self):
         self.signal: int | None = None
         self._old = {}
+
+    def cancel(self) -> None:
+        self.signal = self.CANCELLED
+
+    def error(self, where: str) -> Interrupted:
+        """The exit of a run stopped `where` (e.g. "at epoch 2 step 7; state saved to ..."): 130 either way."""
+        if self.signal == self.CANCELLED:
+            return Cancelled(f"cancelled {where}")
+        return Interrupted(f"interrupted {where}")
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

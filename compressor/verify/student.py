@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compressor.core.progress import console
+from compressor.core.progress import Reporter, console
 from compressor.data.splits import DataBundle
 from compressor.export.metadata import onnx_metadata
 from compressor.export.onnx import check_parity, export_onnx
@@ -26,7 +26,7 @@ from compressor.verify.parity import agreement_limit, parity_batch_sizes, parity
 
 def verify_student(
     student: nn.Module, teacher: nn.Module, data: DataBundle, recipe: Recipe, out: Path, *, student_arch: str,
-    teacher_arch: str, torch_predictions: torch.Tensor | None = None,
+    teacher_arch: str, torch_predictions: torch.Tensor | None = None, reporter: Reporter | None = None,
 ) -> dict:
     """Export teacher and student, prove parity and accuracy in onnxruntime, time both, apply the gates.
 
@@ -37,12 +37,15 @@ def verify_student(
     v = recipe.verify
     opset = recipe.export.opset
     student_path, teacher_path = out / "student.onnx", out / "teacher.onnx"
+    reporter = reporter or Reporter("verify")
+    reporter.phase("exporting", f"exporting teacher and student to ONNX (opset {opset})")
     console.print(f"exporting to ONNX (opset {opset}) and verifying with onnxruntime ...")
     exported = export_onnx(student, student_path, input_shape=data.input_shape, opset=opset,
                            metadata=onnx_metadata(student_arch, data, "student"))
     export_onnx(teacher, teacher_path, input_shape=data.input_shape, opset=opset,
                 metadata=onnx_metadata(teacher_arch, data, "teacher"))
 
+    reporter.phase("verifying", "parity, accuracy and latency in onnxruntime")
     images = parity_images(data.test, data, recipe.seed)
     s_sess = create_session(student_path, threads=v.threads, device=recipe.device)
     t_sess = create_session(teacher_path, threads=v.threads, device=recipe.device)
