@@ -180,6 +180,12 @@ def imagefolder_without_images(tmp, teacher, images):
     return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "holds no images"
 
 
+def imagefolder_with_an_empty_class(tmp, teacher, images):
+    image_folder(tmp / "folder", images, ["bag", "tshirt"], ["bag", "tshirt"])
+    (tmp / "folder" / "train" / "trouser").mkdir()  # an empty class folder: a 3-class dataset with one unseen class
+    return distill(teacher, *imagefolder(tmp), out=tmp / "o"), f"{tmp}/folder/train/trouser is an empty class folder"
+
+
 def imagefolder_mismatched_classes(tmp, teacher, images):
     image_folder(tmp / "folder", images, ["bag", "tshirt"], ["bag", "trouser"])
     return distill(teacher, *imagefolder(tmp), out=tmp / "o"), "class folders differ between train/ and test/"
@@ -253,17 +259,56 @@ def out_is_a_file(tmp, teacher, images):
     return distill(teacher, out=tmp / "run"), "exists and is not a directory"
 
 
+def recorded_run(folder: Path, files: dict[str, bytes]) -> Path:
+    """A folder whose files a compressor run wrote, as its run record says."""
+    from compressor.core.runrecord import RECORD_NAME, RunRecord
+
+    folder.mkdir()
+    record = RunRecord.start(folder / RECORD_NAME, folder)
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+        record.record(folder / name)
+    return folder
+
+
 def out_holds_a_finished_run(tmp, teacher, images):
-    (tmp / "run").mkdir()
-    (tmp / "run" / "report.json").write_text('{"passed": true}\n')
-    (tmp / "run" / "student.onnx").write_bytes(b"the shipped model")
-    return distill(teacher, out=tmp / "run"), "holds a finished run (report.json); pass --force"
+    run = recorded_run(tmp / "run", {"report.json": b'{"passed": true}\n', "student.onnx": b"the shipped model"})
+    return distill(teacher, out=run), "holds a finished run (report.json); pass --force"
 
 
 def out_holds_an_unfinished_run(tmp, teacher, images):
+    run = recorded_run(tmp / "run", {"train_state.pt": b"state"})
+    return distill(teacher, out=run), "holds an unfinished run; pass --resume to continue it or --force"
+
+
+def out_holds_the_users_own_student(tmp, teacher, images):
     (tmp / "run").mkdir()
-    (tmp / "run" / "train_state.pt").write_bytes(b"state")
-    return distill(teacher, out=tmp / "run"), "holds an unfinished run; pass --resume to continue it or --force"
+    (tmp / "run" / "student.pt").write_bytes(b"my own student")
+    return distill(teacher, out=tmp / "run"), f"{tmp / 'run' / 'student.pt'} was not written by a compressor run"
+
+
+def out_holds_the_teacher_as_a_run_file(tmp, teacher, images):
+    (tmp / "run").mkdir()
+    inside = tmp / "run" / "teacher.onnx"
+    inside.write_bytes(teacher.read_bytes())
+    return distill(inside, "--force", out=tmp / "run"), f"{inside} is the teacher this run reads"
+
+
+def out_holds_the_teacher(tmp, teacher, images):
+    (tmp / "run").mkdir()
+    inside = tmp / "run" / "t.pt"
+    inside.write_bytes(teacher.read_bytes())
+    return distill(inside, out=tmp / "run"), f"holds the teacher {inside} this run reads"
+
+
+def out_is_the_filesystem_root(tmp, teacher, images):
+    return distill(teacher, out=Path("/")), "--out: / is the filesystem root"
+
+
+def train_out_is_its_recipe(tmp, teacher, images):
+    recipe = tmp / "r.yaml"
+    recipe.write_text(RECIPE.read_text())
+    return ["train", "--recipe", recipe, "--out", recipe, "--force", *FAST], f"{recipe} is the recipe this run reads"
 
 
 def out_in_use_by_another_run(tmp, teacher, images):
@@ -367,21 +412,30 @@ def cuda_without_onnxruntime_cuda(tmp, teacher, images):
     """Refused before training: verification would need onnxruntime's CUDA provider (and --out is not made)."""
     import onnxruntime
 
-    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
-        pytest.skip("this onnxruntime has the CUDA provider")
+    if not torch.cuda.is_available() or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("needs a GPU and an onnxruntime without the CUDA provider")
     return distill(teacher, "--device", "cuda", out=tmp / "o"), "device: cuda: onnxruntime has no CUDAExecutionProvider"
+
+
+def cuda_without_a_gpu(tmp, teacher, images):
+    """The first thing missing is the GPU itself (not onnxruntime-gpu, which would not help)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    return distill(teacher, "--device", "cuda", out=tmp / "o"), "device: cuda was asked for but no CUDA device"
 
 
 CATALOGUE = [malformed_yaml, empty_recipe, recipe_of_comments_only, unknown_teacher_arch, unknown_student_arch,
              unknown_timm_arch, multistep_without_milestones, unknown_key, unknown_section, wrong_type,
              section_not_a_mapping, out_of_range, infinite_value, bad_set_syntax, recipe_missing, data_root_missing, data_root_is_a_file,
-             data_root_without_the_dataset, data_files_truncated, imagefolder_without_images,
+             data_root_without_the_dataset, data_files_truncated, imagefolder_without_images, imagefolder_with_an_empty_class,
              imagefolder_mismatched_classes, imagefolder_broken_image, teacher_missing, teacher_truncated,
              teacher_not_a_checkpoint, teacher_holds_a_tensor, teacher_of_another_arch,
              export_arch_of_another_checkpoint, teacher_with_other_classes,
              teacher_with_other_channels, pairs_that_match_nothing, out_under_a_file, out_in_sysfs, out_is_a_file,
-             out_holds_a_finished_run, out_holds_an_unfinished_run, train_out_not_writable, export_out_not_writable,
-             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda,
+             out_holds_a_finished_run, out_holds_an_unfinished_run, out_holds_the_users_own_student,
+             out_holds_the_teacher_as_a_run_file, out_holds_the_teacher, out_is_the_filesystem_root,
+             train_out_is_its_recipe, train_out_not_writable, export_out_not_writable,
+             export_to_a_full_disk, verify_truncated_onnx, verify_not_onnx, cuda_without_onnxruntime_cuda, cuda_without_a_gpu,
              out_in_use_by_another_run, train_out_in_use_by_another_run, export_out_is_its_input, export_out_exists,
              verify_out_is_the_model, verify_out_is_the_baseline, verify_result_exists, verify_model_of_other_image_size,
              verify_reference_missing]

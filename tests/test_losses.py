@@ -98,3 +98,24 @@ def test_without_teacher_the_loss_is_cross_entropy():
     terms = objective(Step(torch.zeros(4, 10), y, logits))
     assert list(terms) == ["ce", "total"]
     torch.testing.assert_close(terms["total"], F.cross_entropy(logits, y))
+
+
+def test_a_finite_blow_up_of_the_logits_is_divergence():
+    """Logits that grow past train.max_logit stop the run though every loss term is still finite (issue 21: a
+    grown efficientnet_b0 student reached ~1e8 and only the parity gate noticed)."""
+    from compressor.train.meters import Diverged, Divergence, check_validation
+
+    d = Divergence(torch.device("cpu"), logit_bound=1000.0)
+    names = ["ce", "total"]
+    d.see(0, names, torch.tensor([2.3, 2.3]), torch.full((4, 10), 50.0))
+    assert d.step.item() == -1
+    d.see(1, names, torch.tensor([9e4, 9e4]), torch.full((4, 10), -3e5))
+    d.see(2, names, torch.tensor([float("nan"), float("nan")]), torch.zeros(4, 10))
+    assert d.step.item() == 1  # the first bad step, not the later NaN
+    message = str(d.error(0, 1, "the last good state is kept"))
+    assert "the logits grew to |z| = 3e+05, beyond train.max_logit = 1000" in message and "total=9e+04" in message
+    check_validation({"loss": 0.4, "max_abs_logit": 25.0}, 1000.0, 0, "")
+    with pytest.raises(Diverged, match="on the validation images the loss is nan"):
+        check_validation({"loss": float("nan"), "max_abs_logit": 0.0}, 1000.0, 0, "")
+    with pytest.raises(Diverged, match="logits reach"):
+        check_validation({"loss": 3.0, "max_abs_logit": 2e3}, 1000.0, 0, "")

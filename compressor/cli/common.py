@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from compressor.core.errors import EXIT_GATE, EXIT_INTERRUPTED, EXIT_USAGE, CompressorError
+from compressor.core.memory import is_oom, oom_message
 from compressor.core.progress import console
 
 SetOption = Annotated[
@@ -60,8 +61,8 @@ def version_callback(value: bool) -> None:
 
 def handle_errors(fn):
     """Run a command; a CompressorError becomes one line per problem and its exit code, never a traceback
-    (unless COMPRESSOR_DEBUG=1). An OSError that escaped (a file the system refused) is bad input too: one
-    line, exit 2. Ctrl-C and SIGTERM exit 130 (the training loop saves its state first)."""
+    (unless COMPRESSOR_DEBUG=1). An OSError that escaped (a file the system refused) and running out of memory
+    are bad input too: one line, exit 2. Ctrl-C and SIGTERM exit 130 (the training loop saves its state first)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -74,6 +75,11 @@ def handle_errors(fn):
         except OSError as e:
             where = f"{e.filename}: " if e.filename else ""
             _report([f"{where}{e.strerror or e}"], "error")
+            raise typer.Exit(EXIT_USAGE) from None
+        except (MemoryError, RuntimeError) as e:  # out of memory anywhere (an estimate is an estimate): exit 2
+            if not is_oom(e):
+                raise
+            _report([oom_message(e)], "error")
             raise typer.Exit(EXIT_USAGE) from None
         except KeyboardInterrupt:
             _report(["interrupted (files being written were discarded; finished ones are complete)"], "error")

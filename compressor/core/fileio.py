@@ -14,7 +14,8 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,30 @@ def write_error(path: Path, e: OSError) -> UserError:
     return UserError(f"{path}: cannot write ({e.strerror or e})")
 
 
+# Who wants to know of each file written (core.runrecord: a run records every file it writes, so a later run can
+# tell its files from the user's). A context variable: the hooks belong to the job running in this context.
+_WRITTEN: ContextVar[tuple[Callable[[Path], None], ...]] = ContextVar("compressor_written", default=())
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+def on_written(hook: Callable[[Path], None]) -> Iterator[None]:
+    """Call `hook(path)` after every file this context writes completely (atomic_path, append_jsonl)."""
+    token = _WRITTEN.set((*_WRITTEN.get(), hook))
+    try:
+        yield
+    finally:
+        _WRITTEN.reset(token)
+
+
+def _written(path: Path) -> None:
+    for hook in _WRITTEN.get():
+        hook(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, notify: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds; then tell the
+    `on_written` hooks (unless `notify` is False: the run record saving itself).
 
     A device or FIFO (`--out /dev/null`, `/dev/stdout`) is written in place: there is nothing to replace, and
     renaming over it would destroy the device node.
@@ -67,6 +89,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if notify:
+        _written(path)
 
 
 # atomic_path's temporaries: "." + the target's name + "." + mkstemp's 8 random characters + ".tmp"
@@ -120,6 +144,7 @@ def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
             f.flush()
     except OSError as e:
         raise write_error(Path(path), e) from None
+    _written(Path(path))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -42,6 +42,11 @@ def default_root() -> Path:
     return Path(os.environ.get("COMPRESSOR_DATA", "data"))
 
 
+def data_root(cfg) -> Path:
+    """The folder a recipe's data is read from: data.root, else $COMPRESSOR_DATA or ./data."""
+    return Path(cfg.root) if cfg.root else default_root()
+
+
 def prepare_fashion_mnist(root: str | os.PathLike) -> Path:
     """Make sure the four decompressed IDX files are under ROOT/FashionMNIST/raw/.
 
@@ -150,6 +155,9 @@ def _load_imagefolder(root: Path, size: int, channels: int):
     for split, files in (("train", train_files), (test_dir.name, test_files)):
         if not files or not any(files.values()):
             problems.append(f"data.root: {root / split} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            continue
+        problems += [f"data.root: {root / split / c} is an empty class folder (no {', '.join(sorted(IMAGE_SUFFIXES))} "
+                     "files): add its images or remove it" for c, found in files.items() if not found]
     if problems:
         raise UserError(*problems)
     classes = sorted(train_files)

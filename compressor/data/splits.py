@@ -37,6 +37,13 @@ class Split:
         for i in range(0, len(self), batch_size):
             yield self.images[i : i + batch_size], self.labels[i : i + batch_size]
 
+    def take_batches(self, index: torch.Tensor, batch_size: int, workers: int | None = None):
+        """These images as (uint8 images, labels) batches on the CPU, one batch in memory at a time (the same call
+        decodes them batch by batch on the streaming path)."""
+        for i in range(0, len(index), batch_size):
+            taken = self.take(index[i : i + batch_size])
+            yield taken.images, taken.labels
+
 
 @dataclass
 class DataBundle:

@@ -60,14 +60,37 @@ def train_transform(size: int, augment: str, pad: int, flip: bool):
     return v2.Compose(steps)
 
 
+# PIL's modes of more than 8 bits a grey pixel: PIL's own convert("L") clips them at 255 (a 16-bit PNG became a
+# black-and-white image), so they are scaled here: 0..65535 -> 0..255
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def as_mode(im, channels: int):
+    """A PIL image in the mode the data asks for, L (channels 1) or RGB (3), every pixel scaled, not clipped:
+    16-bit grey to 8 bits (v / 257, rounded); float images in [0, 1] to 0..255; palette images through their
+    palette; alpha dropped and the colour kept (torchvision's and timm's loaders do the same); CMYK by PIL's
+    (255 - C)(255 - K) / 255; grey to RGB by repeating it, RGB to grey by ITU-R 601 luma (PIL's)."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode in _WIDE_GREY:
+        wide = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    elif im.mode == "F":
+        values = np.asarray(im).astype(np.float64)
+        scale = 255.0 if values.size and np.nanmax(values) <= 1.0 else 1.0
+        im = Image.fromarray(np.clip(np.rint(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8), "L")
+    return im.convert("L" if channels == 1 else "RGB")
+
+
 def decode(path: str, channels: int):
-    """One image file as a PIL image in the mode the data asks for (L or RGB); a broken file is a UserError."""
+    """One image file as a PIL image in the mode the data asks for (`as_mode`); a broken file is a UserError."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return im.convert("L" if channels == 1 else "RGB")
-    except (OSError, UnidentifiedImageError) as e:
+            return as_mode(im, channels)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         raise UserError(f"{path}: not a readable image ({e})") from None
 
 
@@ -105,6 +128,10 @@ class FileSplit:
         t = eval_transform(self.size)
         images = [t(decode(self.files[i], self.channels)) for i in index.tolist()]
         return Split(torch.stack(images) if images else torch.zeros(0, *self.shape, dtype=torch.uint8), self.labels[index])
+
+    def take_batches(self, index: torch.Tensor, batch_size: int, workers: int | None = None):
+        """These images as (uint8 images, labels) batches, decoded a batch at a time by worker processes."""
+        yield from self.subset(torch.as_tensor(index, dtype=torch.long)).chunks(batch_size, workers)
 
     def chunks(self, batch_size: int, workers: int | None = None):
         """(uint8 images, labels) batches in order, decoded with the evaluation transform by worker processes."""

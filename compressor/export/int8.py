@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -31,13 +32,23 @@ from compressor.export.sessions import as_float32, check_onnx_file, image_inputs
 
 
 class _ImageReader(CalibrationDataReader):
-    """Feeds calibration images to the quantiser in batches (the exported model has a dynamic batch axis)."""
+    """Feeds calibration images to the quantiser a batch at a time (the exported model has a dynamic batch axis):
+    an array is cut into batches of 64, an iterable of arrays is read as it comes (one batch in memory at a time).
+    Counts the images it gave."""
 
-    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 64):
-        self._batches = iter([{input_name: images[i : i + batch_size]} for i in range(0, len(images), batch_size)])
+    def __init__(self, input_name: str, images, batch_size: int = 64):
+        self.input_name, self.count = input_name, 0
+        if isinstance(images, (np.ndarray, torch.Tensor)):
+            images = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        self._batches = iter(images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        batch = as_float32(batch)  # (N, C, H, W)
+        self.count += len(batch)
+        return {self.input_name: batch}
 
 
 @contextlib.contextmanager
@@ -77,21 +88,23 @@ def quantize_int8(
     if quant_format not in formats:
         raise UserError(f"int8 format: qdq or qoperator (got {quant_format!r})")
     fp32 = check_onnx_file(fp32_path)
-    images = as_float32(calibration_images)  # (N, C, H, W)
-    input_name = image_inputs(fp32)[0].name
+    reader = _ImageReader(image_inputs(fp32)[0].name, calibration_images)
     with tempfile.TemporaryDirectory(prefix="compressor-quant-") as work, _quiet_root_logger():
         prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared))
         quantize_static(
             str(prepared),
             str(quantized),
-            _ImageReader(input_name, images),
+            reader,
             quant_format=formats[quant_format],
             per_channel=per_channel,
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            # MinMax keeps every batch's intermediate outputs until it computes the ranges: merge them every few
+            # batches instead, so memory does not grow with the number of calibration images
+            extra_options={"CalibMaxIntermediateOutputs": 4},
         )
         model = onnx.load_model(quantized)
     present = {p.key for p in model.metadata_props}
@@ -107,6 +120,6 @@ def quantize_int8(
         "weights": "int8",
         "per_channel": per_channel,
         "reduce_range": reduce_range,
-        "calibration_images": len(images),
+        "calibration_images": reader.count,
         "bytes": Path(out_path).stat().st_size,
     }

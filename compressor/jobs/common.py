@@ -20,6 +20,14 @@ def batches_for(split, data: DataBundle, device, recipe: Recipe, batch_size: int
                         workers=recipe.data.workers, device=device)
 
 
+def run_inputs(teacher: Path | None, recipe: Recipe) -> dict[str, Path]:
+    """The files a run reads, which it must never replace: the teacher and the recipe file."""
+    inputs = {"teacher": teacher} if teacher is not None else {}
+    if recipe.source is not None:
+        inputs["recipe"] = Path(recipe.source)
+    return inputs
+
+
 def raise_failed(gates: list[dict]) -> None:
     """After every artifact is written: exit 1 naming each failed gate."""
     failed = [g for g in gates if not g["passed"]]

@@ -15,13 +15,13 @@ from compressor.core import distributed
 from compressor.core.device import environment, memory_format, resolve_device, seed_everything
 from compressor.core.fileio import write_json, write_text
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
-from compressor.data.datasets import load_data
+from compressor.data.datasets import data_root, load_data
 from compressor.data.splits import DataBundle
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import modified_in_place
 from compressor.export.sessions import require_provider
-from compressor.jobs.common import batches_for, raise_failed
-from compressor.jobs.outdir import FIGURE_FILES, RUN_FILES, RunPaths, claim_out_dir, claimed, remove_leftovers
+from compressor.jobs.common import batches_for, raise_failed, run_inputs
+from compressor.jobs.outdir import RunPaths, claim, claimed, remove_leftovers
 from compressor.models import checkpoint as ckpt_io
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
@@ -31,6 +31,7 @@ from compressor.report.markdown import print_summary, render_markdown
 from compressor.students.build import Student, build_student, saved_entry
 from compressor.teachers.load import Teacher, load_teacher
 from compressor.train.loop import FitResult, fit
+from compressor.train.setup import check_memory
 from compressor.verify.student import verify_student
 
 
@@ -67,19 +68,22 @@ def distill(
     parallel = distributed.describe(recipe.train)
     listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
     reporter = Reporter("distill", listeners, cancel)
-    claim = distributed.on_main(claim_out_dir, out, resume=resume, force=force)
-    return claimed(claim, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher,
-                                           reporter), paths.state)
+    held = distributed.on_main(claim, paths, resume=resume, force=force, inputs=run_inputs(teacher_path, recipe),
+                               data_root=data_root(recipe.data))
+    return claimed(held, lambda: _distill(teacher_path, recipe, out, dev, parallel, started, resume, trust_teacher,
+                                          reporter), paths.state)
 
 
 def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, started: float, resume: bool,
              trust_teacher: bool, reporter: Reporter) -> dict:
     paths = RunPaths(out)
     reporter.phase("loading", f"loading the data and the teacher {teacher_path}")
-    distributed.on_main(remove_leftovers, out, RUN_FILES)
-    distributed.on_main(remove_leftovers, out / "figures", FIGURE_FILES)
+    distributed.on_main(remove_leftovers, paths)
     seed_everything(recipe.seed)
     data, teacher = _inputs(teacher_path, recipe, trust_teacher)
+    # a batch the teacher's forward alone cannot take is refused before the student is grown (train.setup checks
+    # the whole step once the student exists)
+    check_memory(None, teacher.model, data.input_shape, recipe.train.batch_size // distributed.world_size(), dev)
     reporter.phase("growing", "building the student")
     grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
     pairs = _pairs(recipe, teacher, grown, data, dev)
@@ -152,7 +156,7 @@ def _pairs(recipe: Recipe, teacher: Teacher, grown: Student, data: DataBundle, d
 def _test_and_save(result: FitResult, grown: Student, teacher: Teacher, teacher_path: Path, data: DataBundle,
                    recipe: Recipe, out: Path, dev) -> dict:
     """Both models' PyTorch test accuracy (the student's top-1 per image too); writes student.pt."""
-    test_batches = batches_for(data.test, data, dev, recipe)
+    test_batches = batches_for(data.test, data, dev, recipe, result.eval_batch)
     teacher_model = teacher.model.to(dev, memory_format=memory_format(recipe.train.channels_last))
     t_test = evaluate(teacher_model, test_batches, dev)
     s_test = evaluate(result.model, test_batches, dev, predictions=True)

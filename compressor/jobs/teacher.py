@@ -9,9 +9,9 @@ from compressor.core import distributed
 from compressor.core.device import resolve_device, seed_everything
 from compressor.core.errors import UserError
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
-from compressor.data.datasets import load_data
-from compressor.jobs.common import batches_for
-from compressor.jobs.outdir import claim, claimed, remove_leftovers
+from compressor.data.datasets import data_root, load_data
+from compressor.jobs.common import batches_for, run_inputs
+from compressor.jobs.outdir import CheckpointPaths, claim, claimed, remove_leftovers
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model
 from compressor.models.evaluate import evaluate
@@ -26,17 +26,11 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
     `progress` and `cancel` as for jobs.distill.distill."""
     if out.exists() and out.is_dir():
         raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
-    state_path = out.with_name(out.name + ".state")
-    metrics_path = out.with_name(out.stem + ".metrics.jsonl")
-
-    def check() -> None:
-        if out.exists() and not force and not resume:
-            raise UserError(f"--out: {out} exists; pass --force to overwrite it")
-        if state_path.exists() and not resume and not force:
-            raise UserError(f"--out: an unfinished training of {out} exists ({state_path}); pass --resume or --force")
-
+    paths = CheckpointPaths(out)
+    state_path, metrics_path = paths.state, paths.metrics
     dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
-    held = distributed.on_main(claim, out.parent, f".{out.name}.lock", out, check)
+    held = distributed.on_main(claim, paths, resume=resume, force=force, inputs=run_inputs(None, recipe),
+                               data_root=data_root(recipe.data))
     listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
     reporter = Reporter("train", listeners, cancel)
     return claimed(held, lambda: _train_teacher(recipe, out, dev, state_path, metrics_path, resume, reporter),
@@ -45,7 +39,7 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
 
 def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_path: Path, resume: bool,
                    reporter: Reporter) -> dict:
-    distributed.on_main(remove_leftovers, out.parent, (out.name, state_path.name, metrics_path.name))
+    distributed.on_main(remove_leftovers, CheckpointPaths(out))
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     model = create_model(recipe.teacher.arch, data.num_classes, data.input_shape[0])
@@ -62,7 +56,7 @@ def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_pat
     if not distributed.finish():  # the other ranks are done; rank 0 tests and saves
         return {}
     reporter.phase("testing", "test accuracy")
-    test = evaluate(result.model, batches_for(data.test, data, dev, recipe), dev)
+    test = evaluate(result.model, batches_for(data.test, data, dev, recipe, result.eval_batch), dev)
     ck = ckpt_io.model_checkpoint(
         result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,
         mean=data.mean, std=data.std, dataset=data.name, kind="teacher",

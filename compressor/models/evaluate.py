@@ -35,18 +35,21 @@ def _evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype, 
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
+    peak = torch.zeros((), device=device)  # the largest |logit|: the training loop's divergence check reads it
     n, predicted = 0, []
     for x, y in batches:
         with autocast(device, dtype):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        peak = torch.maximum(peak, logits.detach().abs().amax().float())
         top1 = logits.argmax(1)
         correct += (top1 == y).sum()
         if predictions:
             predicted.append(top1)
         n += len(y)
     model.train(was_training)
-    out = {"accuracy": 100.0 * correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "images": n}
+    out = {"accuracy": 100.0 * correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "images": n,
+           "max_abs_logit": peak.item()}
     if predictions:
         out["predictions"] = torch.cat(predicted).cpu() if predicted else torch.zeros(0, dtype=torch.long)
     return out

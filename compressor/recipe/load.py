@@ -141,7 +141,9 @@ def load_recipe(path: str | Path | None, overrides: Iterable[str] = ()) -> Recip
     raw = read_yaml(path) if path is not None else {}
     if isinstance(raw, dict):
         raw = apply_overrides(raw, overrides)
-    return validate_recipe(raw, str(path or "recipe"))
+    recipe = validate_recipe(raw, str(path or "recipe"))
+    recipe._source = str(path) if path is not None else None
+    return recipe
 
 
 def recipe_schema() -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -190,6 +190,10 @@ class TrainConfig(Strict):
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = per epoch only)")
     log_every: PositiveInt = Field(20, description="steps between progress-bar updates (each costs a host sync)")
+    max_logit: float = Field(
+        1000.0, gt=0, description="a run whose logits (on a training batch or the validation images) exceed this in "
+        "absolute value has diverged and stops (exit 2), as one with a non-finite loss does: healthy runs stay far "
+        "below it (measured: trained Fashion-MNIST teachers and students 17-25, untrained models under 2)")
     sync_bn: bool = Field(False, description="multi-GPU (DDP on CUDA): SyncBatchNorm, batch statistics over all GPUs")
 
     @field_validator("amp", mode="before")
@@ -299,6 +303,11 @@ class Recipe(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    _source: str | None = PrivateAttr(None)  # the file it was read from (recipe.load), an input a run never replaces
+
+    @property
+    def source(self) -> str | None:
+        return self._source
 
     def methods(self) -> list[str]:
         d = self.distill

@@ -11,19 +11,21 @@ report.json (`student.sizing`). `student.init`:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from compressor.core.errors import UserError
+from compressor.core.memory import fitting_batch
 from compressor.core.progress import console
 from compressor.data.batches import Normalize, make_batches
 from compressor.data.splits import DataBundle
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
 from compressor.models.evaluate import evaluate
-from compressor.models.measure import count_flops, count_params
+from compressor.models.measure import count_flops, count_params, footprint
 from compressor.models.plan import apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
 from compressor.students.pruning import (
@@ -37,7 +39,9 @@ from compressor.teachers.load import Teacher
 
 # teacher sources whose architecture the registry rebuilds (a pruned student must reload from plain data)
 REBUILDABLE = ("compressor checkpoint", "state_dict", "architecture (untrained)")
-TAYLOR_BATCHES = 4  # batches of the calibration images that score the channels (the rest only recalibrate BN)
+CALIBRATION_BATCH = 128  # calibration images a batch (fewer where the images are too large for memory)
+TAYLOR_IMAGES = 512  # the first calibration images score the channels (all of them recalibrate BatchNorm)
+EVAL_BATCH = 512
 
 
 @dataclass
@@ -90,15 +94,39 @@ def build_student(recipe: Recipe, teacher: Teacher, data: DataBundle, saved: dic
     return Student(create_model(arch, data.num_classes, shape[0]), arch, arch, None, sizing)
 
 
-def _calibration(recipe: Recipe, data: DataBundle) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A seeded sample of un-augmented training images (on the CPU), in batches of up to 128."""
+def calibration_batches(teacher: nn.Module, data: DataBundle) -> tuple[int, int]:
+    """(calibration batch, evaluation batch) on the CPU: up to 128 and 512 images, fewer where large images would
+    not fit this machine's memory (the Taylor scores run a training step of the teacher; the accuracy right after
+    pruning an inference pass). The recipe's own batch is checked before training."""
+    fp = footprint(teacher, data.input_shape)
+    cpu = torch.device("cpu")
+    return (fitting_batch(2 * fp.outputs, 4 * fp.weights, CALIBRATION_BATCH, cpu),
+            fitting_batch(2 * fp.peak, fp.weights, EVAL_BATCH, cpu))
+
+
+def _calibration(recipe: Recipe, data: DataBundle, batch_size: int) -> tuple[int, Callable[[], Iterator]]:
+    """A seeded sample of un-augmented training images: (its size, a function that yields it as normalised
+    (images, labels) batches on the CPU). One batch is decoded and held at a time, whatever the sample's size."""
     n = min(recipe.student.calibration_images, len(data.train))
     g = torch.Generator().manual_seed(recipe.seed + 7919)
     idx = torch.randperm(len(data.train), generator=g)[:n]
-    taken = data.train.take(idx)
-    images, labels = taken.images, taken.labels
     normalize = Normalize(data.mean, data.std, torch.device("cpu"))
-    return [(normalize(images[i:i + 128]), labels[i:i + 128]) for i in range(0, n, 128)]
+
+    def batches():
+        for images, labels in data.train.take_batches(idx, batch_size, recipe.data.workers):
+            yield normalize(images), labels
+
+    return n, batches
+
+
+def _first_images(batches: Iterator, n: int) -> Iterator:
+    """The batches that hold the first `n` images."""
+    seen = 0
+    for x, y in batches:
+        if seen >= n:
+            return
+        seen += len(y)
+        yield x, y
 
 
 def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | None:
@@ -119,18 +147,19 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     target = _target(cfg.size, parse_size, full, "student.size", "parameters")
     target_flops = _target(cfg.flops, parse_flops, t_flops, "student.flops", "FLOPs")
     started = time.perf_counter()
-    calib = _calibration(recipe, data)
+    calib_batch, eval_batch = calibration_batches(teacher.model, data)
+    n_calib, calib = _calibration(recipe, data, calib_batch)
     torch.manual_seed(recipe.seed)
     model, info = grow_student(
         teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes,
         criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
-        global_ranking=cfg.allocation == "global", grad_batches=lambda: calib[:TAYLOR_BATCHES],
+        global_ranking=cfg.allocation == "global", grad_batches=lambda: _first_images(calib(), TAYLOR_IMAGES),
     )
-    recalibrate_bn(model, (x for x, _ in calib))
+    recalibrate_bn(model, (x for x, _ in calib()))
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
     plan = channel_plan(model, base)
     seconds = time.perf_counter() - started
-    test = make_batches(data.test, 512, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
+    test = make_batches(data.test, eval_batch, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
     pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
     flops = count_flops(model, data.input_shape)
     arch = ckpt_io.pruned_name(teacher.arch)
@@ -146,7 +175,7 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
         "flops_target": cfg.flops, "target_flops": target_flops, "params": info["params"], "flops": flops,
         "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
         "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
-        "round_to": cfg.round_to, "calibration_images": sum(len(y) for _, y in calib), "pruned_modules": len(plan),
+        "round_to": cfg.round_to, "calibration_images": n_calib, "pruned_modules": len(plan),
         "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
     }
     console.print(f"student grown from the teacher: {reason}; test accuracy right after pruning and BN "

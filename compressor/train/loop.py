@@ -30,7 +30,7 @@ from compressor.distill.pairs import Pair
 from compressor.distill.terms import Step
 from compressor.models.evaluate import evaluate
 from compressor.recipe.schema import Recipe
-from compressor.train.meters import EpochMeter, finite, means
+from compressor.train.meters import EpochMeter, check_validation, finite, means
 from compressor.train.setup import StopFlag, Training, prepare
 from compressor.train.state import Progress, StateFile, fingerprint
 
@@ -46,6 +46,7 @@ class FitResult:
     resumed_from: int | None = None  # 1-based epoch --resume went on from (the last one if training had finished)
     first_step_at: float | None = None  # time.perf_counter() when the first training step began (None: no step ran)
     amp: dict = field(default_factory=dict)  # the training steps' precision: setting, dtype, reason
+    eval_batch: int = 512  # images a batch that evaluation can take beside the models in memory
 
 
 def fit(
@@ -80,7 +81,8 @@ def fit(
     with StopFlag() as stop:
         for epoch in range(done.epoch, epochs):
             first = done.step if epoch == done.epoch else 0
-            meter = EpochMeter(device, done.partial if epoch == done.epoch and distributed.is_main() else None)
+            meter = EpochMeter(device, done.partial if epoch == done.epoch and distributed.is_main() else None,
+                               logit_bound=recipe.train.max_logit)
             if reporter:
                 reporter.emit("training", epoch=epoch + 1, epochs=epochs, step=first, steps=len(run.train))
             for step, (x, y) in enumerate(run.train.iterate(epoch, first), start=first):
@@ -190,6 +192,7 @@ def _end_epoch(run: Training, meter: EpochMeter, epoch: int, state: StateFile) -
     }
     if run.val is not None:
         v = evaluate(run.model, run.val, run.device)  # fp32 whatever the steps ran in: it picks the best epoch
+        check_validation(v, meter.divergence.bound, epoch, state.saved)
         row.update(val_accuracy=v["accuracy"], val_loss=v["loss"])
     return row
 
@@ -213,4 +216,5 @@ def _finish(run: Training, done: Progress, first_step_at: float | None) -> FitRe
         resumed_from=done.resumed_from,
         first_step_at=first_step_at,
         amp=run.amp,
+        eval_batch=run.eval_batch,
     )

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compressor.core import distributed
+from compressor.core import distributed, memory
 from compressor.core.device import amp_choice, autocast, channels_last_safe, memory_format
 from compressor.core.errors import Cancelled, Interrupted, UserError
 from compressor.core.progress import console
@@ -20,6 +20,7 @@ from compressor.data.batches import Normalize, make_batches
 from compressor.distill.objective import Objective
 from compressor.distill.pairs import Pair
 from compressor.distill.points import FeatureTap
+from compressor.models.measure import Footprint, footprint
 from compressor.teachers.fold import fold_batchnorm
 from compressor.train.optim import build_optimizer
 
@@ -42,6 +43,7 @@ class Training:
     dtype: torch.dtype | None  # the steps' autocast dtype; None: float32
     amp: dict  # the training steps' precision: setting, dtype, reason
     epochs: int
+    eval_batch: int  # images a batch for evaluation: up to 512, fewer where they would not fit in memory
 
     @property
     def teacher_needed(self) -> bool:
@@ -69,9 +71,34 @@ def compiled(net: nn.Module, teacher: nn.Module | None, enabled: bool):
     return torch.compile(net), (torch.compile(teacher) if teacher is not None else None)
 
 
+def check_memory(model: nn.Module | None, teacher: nn.Module | None, input_shape, batch: int, device: torch.device,
+                 teacher_graph: bool = False) -> int:
+    """Refuse a training batch whose estimated footprint (the student's training step, the frozen teacher's
+    forward; its graph too for gradient AT) is more than the device has left: one line with both, before anything
+    is allocated. Returns the evaluation batch (up to 512 images) that fits beside it. Without `model` (a student
+    not grown yet) the teacher's forward alone is checked: a lower bound, so nothing that would fit is refused."""
+    zero = Footprint(0, 0, 0)
+    fs = footprint(model, input_shape) if model is not None else zero
+    ft = footprint(teacher, input_shape) if teacher is not None else None
+    per_image = 2 * fs.outputs + (2 * ft.peak + (ft.outputs if teacher_graph else 0) if ft else 0)
+    fixed = 4 * fs.weights + (2 * ft.weights if ft else 0)
+    have, _ = memory.available(device)
+    shape = "x".join(map(str, input_shape))
+    if model is None:
+        what, hint = f"the teacher's forward pass alone, on {shape} images", "lower train.batch_size or data.image_size"
+    else:
+        fits = f" (about {max(0, int((have - fixed) // per_image)):,} fit)" if have is not None else ""
+        what = f"a training step of the student{' beside the teacher' if ft else ''} on {shape} images"
+        hint = f"lower train.batch_size{fits} or data.image_size"
+    memory.require(fixed + batch * per_image, f"train.batch_size: {batch} images a step ({what})", device, hint)
+    return memory.fitting_batch(2 * max(fs.peak, ft.peak if ft else 0), fixed, 512, device)
+
+
 def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn.Module | None,
             pairs: list[Pair], epochs: int) -> Training:
     cfg = recipe.train
+    eval_batch = check_memory(model, teacher, data.input_shape, cfg.batch_size // distributed.world_size(), device,
+                              teacher_graph="grad_at" in recipe.methods() and teacher is not None)
     dtype, amp_reason = amp_choice(cfg.amp, device)
     amp = {"setting": cfg.amp, "dtype": str(dtype).replace("torch.", "") if dtype else "float32", "reason": amp_reason}
     if distributed.is_main():
@@ -86,7 +113,8 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
         seed=recipe.seed, drop_last=len(data.train) >= cfg.batch_size, augment=recipe.data.augment,
         rank=distributed.rank(), world=distributed.world_size(), **stream,  # cfg.batch_size is the global batch
     )
-    val = make_batches(data.val.to(device), 512, normalize, **stream) if data.val is not None and len(data.val) else None
+    val = (make_batches(data.val.to(device), eval_batch, normalize, **stream)
+           if data.val is not None and len(data.val) else None)
 
     model.to(device=device, memory_format=fmt).train()
     net = distributed.wrap(model, device, cfg.sync_bn)  # DDP around `model` in a multi-process run, else `model`
@@ -111,7 +139,7 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
     # evaluation and export keep the plain modules
     net, teacher_fwd = compiled(net, teacher, cfg.compile)
     return Training(model, net, teacher, teacher_fwd, s_tap, t_tap, objective, opt, sched, scaler, train, val,
-                    device, dtype, amp, epochs)
+                    device, dtype, amp, epochs, eval_batch)
 
 
 class StopFlag:

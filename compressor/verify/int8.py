@@ -21,7 +21,8 @@ CALIBRATION_IMAGES = 512
 INT8_MARGIN = 0.05  # int8 ships only if it is this much faster than fp32, and faster in every timing round
 
 
-def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recipe, t_acc: float, sessions: dict) -> dict:
+def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recipe, t_acc: float, sessions: dict,
+               batch: int = 256) -> dict:
     """Quantise, measure beside fp32, and say which variant ships: int8 only if it passes the gates and wins.
 
     int8 runs on onnxruntime's CPU provider, so it is timed against fp32 teacher and student on the CPU provider
@@ -32,13 +33,14 @@ def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recip
     """
     v = recipe.verify
     pick = stratified_indices(data.train.labels, CALIBRATION_IMAGES, recipe.seed)
-    calib = Normalize(data.mean, data.std, torch.device("cpu"))(data.train.take(pick).images).contiguous()
+    normalize = Normalize(data.mean, data.std, torch.device("cpu"))
+    calib = (normalize(x).contiguous() for x, _ in data.train.take_batches(pick, 64, recipe.data.workers))
     console.print(f"quantising to int8 (static {recipe.export.int8_format}, {len(pick)} calibration images) ...")
     info = quantize_int8(fp32_path, int8_path, calib, quant_format=recipe.export.int8_format)
     cpu = {role: s if s.provider == CPU else create_session(s.path, threads=v.threads, device="cpu")
            for role, s in sessions.items()}
     cpu["int8"] = create_session(int8_path, threads=v.threads, device="cpu")
-    acc = onnx_split_accuracy(cpu["int8"], data.test, data)
+    acc = onnx_split_accuracy(cpu["int8"], data.test, data, batch)
     timed = measure_latencies(cpu, v.batch_sizes, data.input_shape, warmup=v.warmup, min_runs=v.min_runs,
                               min_seconds=v.min_seconds, seed=recipe.seed, rounds=v.rounds)
     vs_teacher, _ = speedups(timed["teacher"], timed["int8"])

@@ -27,6 +27,7 @@ from compressor.verify.parity import agreement_limit, parity_batch_sizes, parity
 def verify_student(
     student: nn.Module, teacher: nn.Module, data: DataBundle, recipe: Recipe, out: Path, *, student_arch: str,
     teacher_arch: str, torch_predictions: torch.Tensor | None = None, reporter: Reporter | None = None,
+    eval_batch: int = 256,
 ) -> dict:
     """Export teacher and student, prove parity and accuracy in onnxruntime, time both, apply the gates.
 
@@ -55,8 +56,9 @@ def verify_student(
     parity = check_parity(student, student_path, images, batch_sizes=sizes, session=s_cpu)
     t_parity = check_parity(teacher, teacher_path, images, batch_sizes=sizes, session=t_cpu)
 
-    s_pred = onnx_split_predictions(s_sess, data.test, data)
-    s_acc, t_acc = accuracy_of(s_pred, data.test), onnx_split_accuracy(t_sess, data.test, data)
+    batch = min(256, eval_batch)  # what fits in memory beside the models (fewer images a batch for large ones)
+    s_pred = onnx_split_predictions(s_sess, data.test, data, batch)
+    s_acc, t_acc = accuracy_of(s_pred, data.test), onnx_split_accuracy(t_sess, data.test, data, batch)
 
     console.print(f"timing teacher and student at batch sizes {v.batch_sizes} in {v.rounds} alternating rounds "
                   f"({s_sess.provider}, {s_sess.threads} threads) ...")
@@ -85,7 +87,7 @@ def verify_student(
 
     if recipe.export.quantize == "int8":
         sessions = {"teacher": t_sess, "student": s_sess}
-        sections["int8"] = check_int8(student_path, out / "student.int8.onnx", data, recipe, t_acc, sessions)
+        sections["int8"] = check_int8(student_path, out / "student.int8.onnx", data, recipe, t_acc, sessions, batch)
     int8 = sections.get("int8")
     sections["shipped"] = int8["path"] if int8 and int8["ship"] else str(student_path)
     sections["gates"] = gates
