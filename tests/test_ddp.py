@@ -32,7 +32,8 @@ import torch
 
 from compressor.core import distributed
 from compressor.core.errors import UserError
-from compressor.data.batches import Batches, Normalize
+from compressor.data.batches import Batches
+from compressor.data.transform import Normalize
 from compressor.data.datasets import load_data
 from compressor.recipe.load import load_recipe
 from compressor.recipe.schema import DataConfig
@@ -163,8 +164,8 @@ def test_distill_nproc_2_writes_one_set_of_artifacts(tmp_path, teacher_ckpt):
                 *sets("data.limit_train=256", "data.limit_test=100", "train.batch_size=64", "verify.batch_sizes=[1]"))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = {p.name for p in out.iterdir()} - {"figures"}  # figures: an optional extra of the report
-    assert files == {"student.pt", "student.onnx", "teacher.onnx", "report.json", "report.md", "metrics.jsonl",
-                     "train_state.pt"}
+    assert files == {".compressor-run.json", "student.pt", "student.onnx", "teacher.onnx", "report.json", "report.md",
+                     "metrics.jsonl", "train_state.pt"}
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["student"]["sizing"]["init"] == "teacher" and report["student"]["params"] <= 0.25 * report["teacher"]["params"]
     assert report["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch": 64, "per_rank_batch": 32,

@@ -5,7 +5,7 @@ import json
 import matplotlib.image as mpimg
 import torch
 
-from compressor.data.batches import Normalize
+from compressor.data.transform import Normalize
 from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
 from compressor.models import create_model

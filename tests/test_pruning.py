@@ -248,3 +248,18 @@ def test_student_flops_in_the_recipe():
                          (["student.arch=null", "student.flops=0.3", "student.init=scratch"], "student.flops sizes a student grown")):
         with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_recipe(RECIPE, bad)
+
+
+def test_student_sizes_at_the_edges(small_teacher, tmp_path, cli):
+    """--student-size 1.0 is the teacher itself: refused by the recipe's own rule, which says (0, 1), not (0, 1];
+    0.99 removes a little, and the line says how much (it said "0% of all channels removed")."""
+    r = cli("distill", small_teacher, "--recipe", RECIPE, "--student-size", "1.0", "--out", tmp_path / "a")
+    assert r.exit_code == 2
+    assert "student.size: a fraction must be in (0, 1) (1 is the teacher itself)" in r.output
+    r = cli("distill", small_teacher, "--recipe", RECIPE, "--student-size", "0.99", "--out", tmp_path / "b",
+            *sets(*FAST, "data.limit_train=64", "device=cpu"))
+    assert r.exit_code in (0, 1), r.output
+    line = next(ln for ln in r.output.splitlines() if ln.startswith("student grown from the teacher"))
+    removed = float(line.split("importance, ")[1].split("%")[0])
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert 0 < removed < 5 and removed == round(100 * report["student"]["sizing"]["channels_removed"], 1)

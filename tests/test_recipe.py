@@ -18,6 +18,31 @@ def test_every_shipped_recipe_validates(path, cli):
     assert load_recipe(path).name == path.stem
 
 
+def test_every_shipped_recipe_validates_against_the_printed_json_schema(cli):
+    """The published schema (`compress recipe schema`) is generated from the models that validate, and agrees
+    with them: every shipped recipe, as YAML reads it (`amp: off` is the boolean false), passes a JSON-Schema
+    validator; a recipe the models refuse for a type or a key fails it too."""
+    import jsonschema
+    import yaml
+
+    r = cli("recipe", "schema")
+    assert r.exit_code == 0
+    validator = jsonschema.Draft202012Validator(json.loads(r.stdout))
+    shipped = sorted([*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests").glob("*.yaml")])
+    assert len(shipped) >= 5
+    for path in shipped:
+        raw = yaml.safe_load(path.read_text())
+        assert [e.message for e in validator.iter_errors(raw)] == [], path
+    assert yaml.safe_load((ROOT / "recipes" / "fashion_teacher.yaml").read_text())["train"]["amp"] is False
+    for bad in ({"train": {"lrr": 0.1}}, {"train": {"epochs": "three"}}, {"data": {"loader": "disk"}},
+                {"distill": {"at": {"beta": -1}}}):
+        assert list(validator.iter_errors(bad)), bad
+        with pytest.raises(UserError):
+            from compressor.recipe.load import validate_recipe
+
+            validate_recipe(bad)
+
+
 @pytest.mark.parametrize("text", ["", "\n   \n", "# only a comment\n# train: {epochs: 3}\n", "null\n", "~\n"],
                          ids=["0-bytes", "blank", "comments", "null", "tilde"])
 def test_an_empty_recipe_file_is_an_error(text, tmp_path, cli):
@@ -107,7 +132,9 @@ def test_shipped_recipes_keep_their_schedules():
                  for p in [*(ROOT / "recipes").glob("*.yaml"), *(ROOT / "tests").glob("*.yaml")]}
     assert schedules == {"cifar_at.yaml": ("multistep", [60, 120, 160]), "fashion_at.yaml": ("cosine", []),
                          "fashion_teacher.yaml": ("cosine", []), "imagefolder_resnet_at.yaml": ("cosine", []),
-                         "imagenet_at.yaml": ("multistep", [30, 60]), "smoke.yaml": ("cosine", [])}
+                         "imagenet_at.yaml": ("multistep", [30, 60]), "smoke.yaml": ("cosine", []),
+                         "fashion_table1_scratch.yaml": ("multistep", [5, 9, 12]),  # the paper's shape, x 15/200
+                         "fashion_grown_by_size.yaml": ("cosine", [])}
 
 
 def test_overrides_are_parsed_as_yaml():

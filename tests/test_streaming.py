@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from compressor.data import streaming
-from compressor.data.batches import Normalize
+from compressor.data.transform import Normalize
 from compressor.data.datasets import load_data
 from compressor.recipe.schema import DataConfig
 
@@ -56,7 +56,7 @@ def test_the_stream_path_decodes_nothing_up_front_and_only_what_a_run_uses(folde
     real = streaming.decode
     monkeypatch.setattr(streaming, "decode", lambda path, channels: calls.append(path) or real(path, channels))
     data = load_data(_cfg(folder, loader="stream", limit_train=20, limit_test=6), seed=0)
-    assert calls == [] and data.streamed and data.info["loader"] == "stream"
+    assert calls == [] and data.streamed and data.loader == "stream"
     assert len(data.train) + len(data.val) == 20 and len(data.test) == 6 and data.input_shape == (3, 56, 56)
     assert sorted(data.test.labels.tolist()) == [0, 0, 1, 1, 2, 2]  # stratified, not the first class's 6
     # the memory path decodes the images the limits keep, not the folder
@@ -69,11 +69,11 @@ def test_the_stream_path_decodes_nothing_up_front_and_only_what_a_run_uses(folde
 
 def test_auto_chooses_memory_when_it_fits_and_stream_when_not(folder):
     small = load_data(_cfg(folder, augment="pad_crop"), seed=0)
-    assert small.info["loader"] == "memory" and "under data.memory_budget_gb" in small.info["loader_reason"]
+    assert small.loader == "memory" and "under data.memory_budget_gb" in small.loader_reason
     over = load_data(_cfg(folder, augment="pad_crop", memory_budget_gb=0.0001), seed=0)
-    assert over.info["loader"] == "stream" and "over data.memory_budget_gb" in over.info["loader_reason"]
+    assert over.loader == "stream" and "over data.memory_budget_gb" in over.loader_reason
     rrc = load_data(_cfg(folder, augment="random_resized_crop"), seed=0)
-    assert rrc.info["loader"] == "stream" and "random_resized_crop" in rrc.info["loader_reason"]
+    assert rrc.loader == "stream" and "random_resized_crop" in rrc.loader_reason
 
 
 def _batches(split, world=1, rank=0, workers=2, seed=3):
@@ -117,7 +117,8 @@ def resnet18_teacher(tmp_path_factory) -> Path:
 
 STREAM = ["data.name=imagefolder", "data.image_size=56", "data.channels=3", "data.loader=stream",
           "data.augment=random_resized_crop", "data.workers=2", "data.limit_train=null", "data.limit_test=null",
-          "teacher.arch=resnet18", "student.arch=resnet18-w0.25", "train.batch_size=16", "verify.batch_sizes=[1,4]",
+          "teacher.arch=resnet18", "student.arch=resnet18-w0.25", "train.batch_size=16", "train.lr=0.01",
+          "verify.batch_sizes=[1,4]",
           "distill.at.pairs=[{teacher: layer3, student: layer3}, {teacher: layer4, student: layer4}]"]
 
 
@@ -150,14 +151,15 @@ def test_a_teacher_that_records_its_normalisation_is_fed_with_it(folder, tmp_pat
                                   input_shape=(3, 56, 56), mean=mean, std=std, dataset="imagefolder", kind="teacher")
     ckpt_io.save(ck, tmp_path / "t.pt")
     data = load_data(_cfg(folder, limit_train=12, limit_test=3), seed=0)
-    load_teacher(tmp_path / "t.pt", "resnet18", data, normalisation_given=False)
-    assert data.mean == mean and data.std == std and data.info["normalisation"] == "teacher"
+    _, fed = load_teacher(tmp_path / "t.pt", "resnet18", data)
+    assert fed.mean == mean and fed.std == std and fed.preprocess.normalisation == "teacher"
+    assert data.preprocess.normalisation == "dataset" and data.mean != mean  # the bundle given is not changed
     # a recipe that sets other values is told they differ
     from compressor.core.errors import UserError
 
     data = load_data(_cfg(folder, limit_train=12, limit_test=3, mean=[0.5] * 3, std=[0.5] * 3), seed=0)
     with pytest.raises(UserError, match="the teacher was trained with normalisation"):
-        load_teacher(tmp_path / "t.pt", "resnet18", data, normalisation_given=True)
+        load_teacher(tmp_path / "t.pt", "resnet18", data)
 
 
 @pytest.mark.parametrize("recipe", ["imagefolder_resnet_at.yaml", "imagenet_at.yaml"])

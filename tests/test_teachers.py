@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from compressor.core.errors import UserError
-from compressor.data.batches import Normalize
+from compressor.data.transform import Normalize
 from compressor.data.datasets import load_data
 from compressor.models.checkpoint import load_model
 from compressor.recipe.load import load_recipe

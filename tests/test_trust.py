@@ -243,6 +243,9 @@ def test_verify_reference_proves_parity_and_reads_the_metadata(teacher_ckpt, sma
     # another checkpoint of the same data is not what this file was exported from: exit 1, gate named
     r = cli("verify", model, "--recipe", RECIPE, "--reference", small_teacher, "--out", tmp_path / "w.json", *sets())
     assert r.exit_code == 1 and "gate max_abs_diff failed" in r.output
+    failed = [ln for ln in r.output.splitlines() if "gate max_abs_diff failed" in ln][0]
+    scale = json.loads((tmp_path / "w.json").read_text())["parity"]["scale"]
+    assert f"x the largest |logit|, {scale:.4g}" in failed  # the cause is visible: how large the logits are
     # a file whose metadata names other classes than the data's is refused
     proto = onnx.load(model)
     for prop in proto.metadata_props:

@@ -3,6 +3,7 @@
 import json
 
 import onnx
+import pytest
 import torch
 from onnx import numpy_helper
 
@@ -80,3 +81,39 @@ def test_int8_is_measured_beside_fp32(teacher_ckpt, tmp_path, cli):
     assert abs(q["accuracy"] - report["student"]["onnx_accuracy"]) < 5.0
     assert report["shipped"] == (q["path"] if q["ship"] else str(out / "student.onnx"))
     assert "## int8" in (out / "report.md").read_text()
+    # the closing line names every file written, the int8 one too, and the one to deploy (issue 21)
+    assert "student.int8.onnx" in r.output.split("outputs in")[-1] and f"deploy {report['shipped']}" in r.output
+
+
+def test_verify_an_int8_model_against_the_checkpoint_it_came_from(tmp_path, cli):
+    """`compress verify student.int8.onnx --reference student.pt` applied fp32's parity tolerance to an int8 model,
+    which it can never pass (issue 21). Now: int8's relative tolerance and top-1 agreement over the test split, on
+    the shipped (well-trained) teacher, whose near-ties are few (36 of 10,000 flip, measured)."""
+    from compressor.data.datasets import load_data
+    from compressor.data.splits import stratified_indices
+    from compressor.export.int8 import quantize_int8
+    from compressor.recipe.schema import DataConfig
+
+    from .conftest import ROOT
+
+    teacher = ROOT / "teachers" / "fashion_mnist-wrn-16-2.pt"
+    fp32, int8 = tmp_path / "t.onnx", tmp_path / "t.int8.onnx"
+    assert cli("export", teacher, "--out", fp32).exit_code == 0
+    data = load_data(DataConfig(name="fashion_mnist", val_fraction=0.0), 0)
+    pick = stratified_indices(data.train.labels, 256, 0)
+    normalize = data.normalize(torch.device("cpu"))
+    quantize_int8(fp32, int8, (normalize(x) for x, _ in data.train.take_batches(pick, 64)))
+    r = cli("verify", int8, "--recipe", RECIPE, "--reference", teacher, "--out", tmp_path / "int8.json",
+            *sets("verify.batch_sizes=[1]", "data.limit_test=1000"))
+    checked = json.loads((tmp_path / "int8.json").read_text())
+    gates = {g["name"]: g for g in checked["gates"]}
+    assert checked["parity"]["quantized"] is True and set(gates) == {"max_abs_diff", "int8_agreement"}
+    assert gates["max_abs_diff"]["limit"] == pytest.approx(0.1 * checked["parity"]["scale"])
+    assert gates["max_abs_diff"]["value"] > 1e-3  # int8 computes other logits: fp32's 1e-4 tolerance would fail
+    assert gates["int8_agreement"]["limit"] == 10  # 1 % of 1,000 test images
+    assert r.exit_code == 0 and all(g["passed"] for g in gates.values()), r.output
+    # the fp32 file keeps fp32's tolerance: the int8 rule is for int8 models only
+    r = cli("verify", fp32, "--recipe", RECIPE, "--reference", teacher, "--out", tmp_path / "fp32.json",
+            *sets("verify.batch_sizes=[1]"))
+    assert r.exit_code == 0 and [g["name"] for g in json.loads((tmp_path / "fp32.json").read_text())["gates"]] == \
+        ["max_abs_diff"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
@@ -34,13 +35,16 @@ def write_error(path: Path, e: OSError) -> UserError:
 
 
 # Who wants to know of each file written (core.runrecord: a run records every file it writes, so a later run can
-# tell its files from the user's). A context variable: the hooks belong to the job running in this context.
-_WRITTEN: ContextVar[tuple[Callable[[Path], None], ...]] = ContextVar("compressor_written", default=())
+# tell its files from the user's). A context variable: the hooks belong to the job running in this context. Each is
+# told twice: before a file's new content becomes visible (its sha256) and after, so a kill between the two leaves
+# a record that accepts whichever content the file holds.
+_WRITTEN: ContextVar[tuple[Any, ...]] = ContextVar("compressor_written", default=())
 
 
 @contextlib.contextmanager
-def on_written(hook: Callable[[Path], None]) -> Iterator[None]:
-    """Call `hook(path)` after every file this context writes completely (atomic_path, append_jsonl)."""
+def on_written(hook) -> Iterator[None]:
+    """`hook.prepare(path, sha256)` before and `hook.commit(path)` after every file this context writes completely
+    (atomic_path, append_jsonl)."""
     token = _WRITTEN.set((*_WRITTEN.get(), hook))
     try:
         yield
@@ -48,9 +52,16 @@ def on_written(hook: Callable[[Path], None]) -> Iterator[None]:
         _WRITTEN.reset(token)
 
 
-def _written(path: Path) -> None:
-    for hook in _WRITTEN.get():
-        hook(path)
+def _digest(*parts: bytes | Path) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            with open(part, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            h.update(part)
+    return h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -82,6 +93,11 @@ def atomic_path(path: str | os.PathLike, *, notify: bool = True) -> Iterator[Pat
         with open(tmp, "rb+") as f:  # flush to disk before the rename makes it visible
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode
+        hooks = _WRITTEN.get() if notify else ()
+        if hooks:
+            digest = _digest(tmp)
+            for hook in hooks:
+                hook.prepare(path, digest)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -89,8 +105,8 @@ def atomic_path(path: str | os.PathLike, *, notify: bool = True) -> Iterator[Pat
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if notify:
-        _written(path)
+    for hook in hooks:
+        hook.commit(path)
 
 
 # atomic_path's temporaries: "." + the target's name + "." + mkstemp's 8 random characters + ".tmp"
@@ -138,13 +154,20 @@ def write_jsonl(path: str | os.PathLike, rows: list[Any]) -> None:
 
 def append_jsonl(path: str | os.PathLike, obj: Any) -> None:
     """Append one line; used for metrics.jsonl (a torn last line is skipped by `read_jsonl`)."""
+    line = (json.dumps(obj, default=str) + "\n").encode("utf-8")
+    hooks = _WRITTEN.get()
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(obj, default=str) + "\n")
+        if hooks:
+            before = Path(path).read_bytes() if Path(path).exists() else b""
+            for hook in hooks:
+                hook.prepare(Path(path), _digest(before, line))
+        with open(path, "ab") as f:
+            f.write(line)
             f.flush()
     except OSError as e:
         raise write_error(Path(path), e) from None
-    _written(Path(path))
+    for hook in hooks:
+        hook.commit(Path(path))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

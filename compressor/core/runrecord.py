@@ -45,7 +45,8 @@ class RunRecord:
     path: Path  # the record file
     folder: Path  # the names in `files` are relative to it
     run: str  # the id of the run the recorded files belong to
-    files: dict[str, str] = field(default_factory=dict)  # name -> sha256 of what the run wrote
+    files: dict[str, list[str]] = field(default_factory=dict)  # name -> sha256 of what the run wrote (two while
+    #                                                                 a write is under way: the old and the new)
     state: str = "running"  # running | finished | failed
     command: str = ""
     started: str = ""
@@ -59,7 +60,8 @@ class RunRecord:
             return None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT or not isinstance(raw.get("files"), dict):
             return None
-        return cls(path, folder, str(raw.get("run", "")), {str(k): str(v) for k, v in raw["files"].items()},
+        files = {str(k): [str(d) for d in (v if isinstance(v, list) else [v])] for k, v in raw["files"].items()}
+        return cls(path, folder, str(raw.get("run", "")), files,
                    str(raw.get("state", "running")), str(raw.get("command", "")), str(raw.get("started", "")))
 
     @classmethod
@@ -79,22 +81,40 @@ class RunRecord:
 
     def owns(self, name: str) -> bool:
         """Whether the file `name` (relative to the folder) holds exactly what a compressor run wrote there."""
-        digest = self.files.get(name)
+        digests = self.files.get(name)
         target = self.folder / name
-        if digest is None or not target.is_file() or target.is_symlink():
+        if not digests or not target.is_file() or target.is_symlink():
             return False
         try:
-            return sha256(target) == digest
+            return sha256(target) in digests
         except OSError:
             return False
 
-    def record(self, path: Path) -> None:
-        """After the run wrote `path`: remember its content (a path outside the folder is not the record's)."""
+    def _mine(self, path: Path) -> str | None:
         name = self.name_of(path)
-        if name is None or name == self.name_of(self.path) or not path.is_file():
-            return
-        self.files[name] = sha256(path)
-        self.save()
+        return None if name is None or name == self.name_of(self.path) else name
+
+    def prepare(self, path: Path, digest: str) -> None:
+        """Before the run's new content of `path` becomes visible: both the old and the new are the run's, so a
+        kill at any moment leaves a record that owns what the file then holds."""
+        name = self._mine(path)
+        if name is not None:
+            self.files[name] = list(dict.fromkeys([*self.files.get(name, [])[-1:], digest]))
+            self.save()
+
+    def commit(self, path: Path) -> None:
+        """After it became visible: only the new content is the run's."""
+        name = self._mine(path)
+        if name is not None and len(self.files.get(name, [])) > 1:
+            self.files[name] = self.files[name][-1:]
+            self.save()
+
+    def record(self, path: Path) -> None:
+        """A file written outside the hooks (a test building a run folder): its present content is the run's."""
+        name = self._mine(path)
+        if name is not None and path.is_file():
+            self.files[name] = [sha256(path)]
+            self.save()
 
     def forget(self, names) -> None:
         for name in names:
@@ -103,7 +123,7 @@ class RunRecord:
 
     @contextlib.contextmanager
     def recording(self) -> Iterator["RunRecord"]:
-        with on_written(self.record):
+        with on_written(self):
             yield self
 
     def finish(self, state: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from compressor.core.errors import UserError, first_line
+from compressor.core.preprocess import Preprocess
 from compressor.data.splits import DataBundle, Split, stratified_indices
 from compressor.data.streaming import FileSplit
 
@@ -35,6 +36,7 @@ FASHION_MNIST_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+IMAGEFOLDER_SIZE = 224  # data.image_size: null for an ImageFolder: what ImageNet-pretrained teachers take
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
@@ -170,10 +172,6 @@ def _load_imagefolder(root: Path, size: int, channels: int):
     return split(train_files), split(test_files), classes
 
 
-def _subset(split, index: torch.Tensor):
-    return split.subset(index)
-
-
 def load_data(cfg, seed: int = 0) -> DataBundle:
     """Load the recipe's dataset; hold out a seeded validation split of the training set.
 
@@ -188,7 +186,7 @@ def load_data(cfg, seed: int = 0) -> DataBundle:
     elif name in ("cifar10", "cifar100"):
         train, test, classes = _load_cifar(root, name)
     elif name == "imagefolder":
-        train, test, classes = _load_imagefolder(root, cfg.image_size, cfg.channels)
+        train, test, classes = _load_imagefolder(root, cfg.image_size or IMAGEFOLDER_SIZE, cfg.channels or 3)
     else:  # the recipe's Literal makes this unreachable; kept as a clear failure
         raise UserError(f"data.name: unknown dataset {name!r}")
 
@@ -197,24 +195,30 @@ def load_data(cfg, seed: int = 0) -> DataBundle:
     if cfg.limit_train:
         order = order[: cfg.limit_train]
     n_val = int(round(len(order) * cfg.val_fraction))
-    val = _subset(train, order[:n_val]) if n_val > 0 else None
-    train = _subset(train, order[n_val:])
+    val = train.subset(order[:n_val]) if n_val > 0 else None
+    train = train.subset(order[n_val:])
     if cfg.limit_test:
-        test = _subset(test, stratified_indices(test.labels, cfg.limit_test, seed))
+        test = test.subset(stratified_indices(test.labels, cfg.limit_test, seed))
     if len(train) == 0:
         raise UserError("data.limit_train: no training images left after the validation split")
     loader, why = choose_loader(cfg, train, val, test)
     if loader == "memory" and isinstance(train, FileSplit):  # decode once, with the evaluation transform
         train, test = (s.take(torch.arange(len(s)), cfg.workers) for s in (train, test))
         val = val.take(torch.arange(len(val)), cfg.workers) if val is not None else None
+    stored = tuple(train.shape)  # (C, H, W) as held (an ImageFolder: already at the size the models take)
+    c, h, w = stored
+    shape = (cfg.channels or c, cfg.image_size or h, cfg.image_size or w)
+    if shape[0] < c:
+        raise UserError(f"data.channels: {cfg.channels} for {name}, whose images have {c} channels; only grey images "
+                        "can be repeated into RGB (data.channels 3 for a 1-channel dataset)")
     mean, std = NORMALISATION[name]
+    source = "dataset"
     if getattr(cfg, "mean", None) is not None:
-        mean, std = cfg.mean, cfg.std
-    channels = train.shape[0]
-    if len(mean) != channels:  # e.g. a grey-scale ImageFolder with ImageNet statistics
-        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-    info = {"root": str(root), "loader": loader, "loader_reason": why}
-    return DataBundle(name, train, val, test, classes, tuple(mean), tuple(std), info)
+        mean, std, source = cfg.mean, cfg.std, "recipe"
+    if len(mean) != shape[0]:  # grey-scale data with RGB statistics, or grey repeated into RGB
+        mean, std = (sum(mean) / len(mean),) * shape[0], (sum(std) / len(std),) * shape[0]
+    pre = Preprocess(name, shape, tuple(mean), tuple(std), stored if stored != shape else None, source)
+    return DataBundle(name, train, val, test, classes, pre, str(root), loader, why)
 
 
 def decoded_bytes(*splits) -> int:
@@ -239,7 +243,7 @@ def choose_loader(cfg, train, val, test) -> tuple[str, str]:
             raise UserError(f"data.loader: stream reads an ImageFolder's files; {cfg.name} is held in memory as "
                             f"decoded tensors ({need / 1e6:.0f} MB); use loader auto or memory")
         return "memory", f"{cfg.name} is decoded into memory ({need / 1e6:.0f} MB)"
-    augment = resolve_augment(cfg.augment, cfg.image_size)
+    augment = resolve_augment(cfg.augment, cfg.image_size or IMAGEFOLDER_SIZE)
     budget = cfg.memory_budget_gb * 1e9
     if cfg.loader == "memory":
         if augment == "random_resized_crop":

@@ -4,9 +4,12 @@ sampling (`stratified_indices`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
+
+from compressor.core.preprocess import Preprocess
+from compressor.data.transform import Normalize
 
 
 @dataclass
@@ -45,20 +48,39 @@ class Split:
             yield taken.images, taken.labels
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataBundle:
+    """A dataset's three splits, its classes, and how its images become a model's input (`preprocess`). Frozen:
+    a stage that feeds the data otherwise (a teacher's own normalisation) makes a new bundle (`with_normalisation`)."""
+
     name: str
-    train: Split
+    train: Split  # or a streaming.FileSplit
     val: Split | None
     test: Split
     classes: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    info: dict = field(default_factory=dict)
+    preprocess: Preprocess
+    root: str = ""
+    loader: str = "memory"  # memory | stream
+    loader_reason: str = ""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return self.train.shape  # (C, H, W)
+        return self.preprocess.input_shape  # (C, H, W) the models take
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.preprocess.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.preprocess.std
+
+    def normalize(self, device, memory_format=torch.contiguous_format, *, mean=None, std=None) -> Normalize:
+        """What turns a batch of this data's stored images into the models' input on `device`."""
+        return Normalize.of(self.preprocess, device, memory_format, mean=mean, std=std)
+
+    def with_normalisation(self, mean, std, source: str) -> "DataBundle":
+        return replace(self, preprocess=self.preprocess.with_normalisation(mean, std, source))
 
     @property
     def streamed(self) -> bool:

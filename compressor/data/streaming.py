@@ -8,13 +8,13 @@ size and the first step comes after the first batch, not after the whole folder.
 
 It keeps the memory path's promises:
 - order and augmentation are seeded per (seed, epoch): the sampler draws the epoch's permutation from the same
-  generator as `batches.Batches`, and every image's augmentation from its own seed (seed, epoch, position), so
+  generator as `batches.Batches` (data.sampling), and every image's augmentation from its own seed (seed, epoch, position), so
   which worker decodes it does not matter and `--resume` mid-epoch sees the same batches, bit for bit;
 - with `world` > 1 each rank gets its contiguous share of every global batch (DistributedSampler's job) and
   decodes only that: no rank holds the data;
 - evaluation is Resize(size / 0.875) + CenterCrop(size), the torchvision/timm convention, on every path.
 
-Images come out as uint8 (N, C, H, W) and are normalised on the training device by `batches.Normalize`, as on
+Images come out as uint8 (N, C, H, W) and are normalised on the training device by `transform.Normalize`, as on
 the memory path.
 """
 
@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 from compressor.core.errors import UserError
-
-EVAL_CROP = 0.875  # Resize(size / 0.875) then CenterCrop(size): 256 -> 224, torchvision's and timm's default
+from compressor.core.preprocess import EVAL_CROP
+from compressor.data.sampling import batch_count, batch_share, epoch_order
 
 
 def available_cpus() -> int:
@@ -135,7 +135,7 @@ class FileSplit:
 
     def chunks(self, batch_size: int, workers: int | None = None):
         """(uint8 images, labels) batches in order, decoded with the evaluation transform by worker processes."""
-        loader = _loader(_Images(self, eval_transform(self.size)), _Ordered(len(self), batch_size), workers, False)
+        loader = _loader(_Images(self, eval_transform(self.size)), _ordered(len(self), batch_size), workers, False)
         yield from _unwrapped(loader)
 
 
@@ -156,20 +156,6 @@ class _Images(Dataset):
         return self.transform(image), self.split.labels[i]
 
 
-class _Ordered(Sampler):
-    """Batches 0..n in order (evaluation)."""
-
-    def __init__(self, n: int, batch_size: int):
-        self.n, self.batch_size = n, batch_size
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def __iter__(self):
-        for lo in range(0, self.n, self.batch_size):
-            yield list(range(lo, min(lo + self.batch_size, self.n)))
-
-
 class _EpochBatches(Sampler):
     """The training batches of one epoch, from batch `start` on: this rank's share of each global batch, every
     index with the seed of its augmentation. `set_epoch` chooses the epoch before the loader is iterated."""
@@ -181,8 +167,6 @@ class _EpochBatches(Sampler):
 
     @property
     def batches(self) -> int:
-        from compressor.data.batches import batch_count
-
         return batch_count(self.n, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:  # what is left of the epoch from `start`: the loader's length
@@ -192,14 +176,17 @@ class _EpochBatches(Sampler):
         self.epoch, self.start = epoch, start
 
     def __iter__(self):
-        from compressor.data.batches import batch_share, epoch_generator
-
-        g = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        _, order = epoch_order(self.seed, self.epoch, self.n)
+        order = order.tolist()
         base = (self.seed * 1_000_003 + self.epoch) * 4_000_037  # per-image augmentation seeds of this epoch
         for i in range(self.start, self.batches):
             _, _, share = batch_share(i, self.batch_size, self.n, self.rank, self.world)
             yield [(order[j], (base + j) % (2**63)) for j in range(share.start, share.stop)]
+
+
+def _ordered(n: int, batch_size: int) -> BatchSampler:
+    """Batches 0..n in order (evaluation)."""
+    return BatchSampler(SequentialSampler(range(n)), batch_size, drop_last=False)
 
 
 def _unwrapped(loader):
@@ -233,7 +220,7 @@ class StreamBatches:
             self.sampler = _EpochBatches(len(split), batch_size, seed, drop_last, rank, world)
             transform = train_transform(split.size, kind, pad, flip)
         else:
-            self.sampler = _Ordered(len(split), batch_size)
+            self.sampler = _ordered(len(split), batch_size)
             transform = eval_transform(split.size)
         self.loader = _loader(_Images(split, transform), self.sampler, workers, self.device.type == "cuda")
 

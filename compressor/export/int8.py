@@ -39,7 +39,8 @@ class _ImageReader(CalibrationDataReader):
     def __init__(self, input_name: str, images, batch_size: int = 64):
         self.input_name, self.count = input_name, 0
         if isinstance(images, (np.ndarray, torch.Tensor)):
-            images = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+            whole = images
+            images = (whole[i : i + batch_size] for i in range(0, len(whole), batch_size))
         self._batches = iter(images)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -101,10 +102,10 @@ def quantize_int8(
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # MinMax keeps only each batch's per-tensor minima and maxima (ReduceMin/ReduceMax outputs), so its memory
+            # does not grow with the images' size; its CalibMaxIntermediateOutputs would drop batches (onnxruntime
+            # 1.2x clears them without merging), so it is not used
             calibrate_method=CalibrationMethod.MinMax,
-            # MinMax keeps every batch's intermediate outputs until it computes the ranges: merge them every few
-            # batches instead, so memory does not grow with the number of calibration images
-            extra_options={"CalibMaxIntermediateOutputs": 4},
         )
         model = onnx.load_model(quantized)
     present = {p.key for p in model.metadata_props}

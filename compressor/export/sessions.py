@@ -50,6 +50,15 @@ def image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in model.graph.input if i.name not in initializers]
 
 
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
+                 "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul", "QLinearGlobalAveragePool"}
+
+
+def is_quantized(model: onnx.ModelProto) -> bool:
+    """Whether the graph computes in int8 (QDQ pairs or QOperator ops), as export.int8 and onnxruntime make it."""
+    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
+
+
 def check_onnx_file(path: str | os.PathLike) -> onnx.ModelProto:
     """Validate a user-given ONNX classifier before onnxruntime sees it (its errors are long C++ messages).
 

@@ -28,7 +28,7 @@ from compressor.core.errors import GateFailure, UserError
 from compressor.core.fileio import write_json, write_text
 from compressor.core.progress import console
 from compressor.jobs.distill import distill
-from compressor.jobs.outdir import FINISHED_MARKER
+from compressor.jobs.paths import FINISHED_MARKER
 from compressor.models import checkpoint as ckpt_io
 from compressor.recipe.load import apply_overrides, read_yaml, validate_recipe
 from compressor.recipe.schema import Recipe

@@ -21,7 +21,8 @@ from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import modified_in_place
 from compressor.export.sessions import require_provider
 from compressor.jobs.common import batches_for, raise_failed, run_inputs
-from compressor.jobs.outdir import RunPaths, claim, claimed, remove_leftovers
+from compressor.jobs.outdir import claim, claimed, remove_leftovers
+from compressor.jobs.paths import RunPaths
 from compressor.models import checkpoint as ckpt_io
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
@@ -115,20 +116,27 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     write_json(out / "report.json", report)
     print_summary(report)
     reporter.emit("done", message="passed" if report["passed"] else "a gate failed")
-    console.print(f"outputs in {out}/: student.pt, student.onnx, teacher.onnx, report.json, report.md, metrics.jsonl")
+    console.print(f"outputs in {out}/: {', '.join(written_files(paths))}; deploy {report['shipped']}")
     raise_failed(report["gates"])
     return report
 
 
+def written_files(paths: RunPaths) -> list[str]:
+    """The run's files that exist, in the order a person reads them (report first, the state last)."""
+    order = ["report.md", "report.json", "student.onnx", "student.int8.onnx", "student.pt", "teacher.onnx",
+             "metrics.jsonl", "figures/", "train_state.pt"]
+    present = {n.split("/")[0] + ("/" if "/" in n else "") for n in paths.names if (paths.folder / n).exists()}
+    return [n for n in order if n in present]
+
+
 def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[DataBundle, Teacher]:
     """The recipe's data and the teacher, which may bring its own normalisation."""
-    data = load_data(recipe.data, recipe.seed)
-    teacher = load_teacher(teacher_path, recipe.teacher.arch, data, trust=trust_teacher,
-                           arch_given=teacher_arch_given(recipe), normalisation_given=recipe.data.mean is not None)
-    if data.info.get("normalisation") == "teacher":
+    teacher, data = load_teacher(teacher_path, recipe.teacher.arch, load_data(recipe.data, recipe.seed),
+                                 trust=trust_teacher, arch_given=teacher_arch_given(recipe))
+    if data.preprocess.normalisation == "teacher":
         console.print(f"normalising with the teacher's own mean {list(data.mean)} / std {list(data.std)} (it records "
                       "them; set data.mean and data.std to override)")
-    console.print(f"data: {data.info['loader']} loader ({data.info['loader_reason']})")
+    console.print(f"data: {data.loader} loader ({data.loader_reason})")
     return data, teacher
 
 
@@ -162,7 +170,7 @@ def _test_and_save(result: FitResult, grown: Student, teacher: Teacher, teacher_
     s_test = evaluate(result.model, test_batches, dev, predictions=True)
     ck = ckpt_io.model_checkpoint(
         result.model, **grown.checkpoint_fields(), classes=data.classes, input_shape=data.input_shape,
-        mean=data.mean, std=data.std, dataset=data.name, kind="student",
+        mean=data.mean, std=data.std, dataset=data.name, preprocess=data.preprocess.to_dict(), kind="student",
         metrics={"test_accuracy": s_test["accuracy"], "best_epoch": result.best_epoch,
                  "val_accuracy": result.best_val_accuracy, "epochs": recipe.train.epochs},
         teacher={"path": str(teacher_path), "arch": teacher.arch, "test_accuracy": t_test["accuracy"]},
@@ -191,8 +199,8 @@ def _report(recipe: Recipe, teacher: Teacher, teacher_path: Path, grown: Student
         },
         "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
                  "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-                 "loader": data.info.get("loader"), "loader_reason": data.info.get("loader_reason"),
-                 "normalisation": data.info.get("normalisation", "dataset")},
+                 "loader": data.loader, "loader_reason": data.loader_reason,
+                 "normalisation": data.preprocess.normalisation, "preprocess": data.preprocess.metadata()},
         "distillation": {
             "methods": recipe.methods(),
             "pairs": [pair.describe() for pair in pairs],

@@ -9,7 +9,6 @@ import torch
 
 from compressor.core.errors import GateFailure, UserError
 from compressor.core.progress import console
-from compressor.data.batches import Normalize
 from compressor.data.datasets import load_data
 from compressor.export.metadata import checkpoint_metadata
 from compressor.export.onnx import check_parity, export_onnx
@@ -76,7 +75,7 @@ def _parity_images(ck: dict, shape) -> torch.Tensor:
     try:
         data = load_data(DataConfig(name=ck.get("dataset", ""), limit_test=PARITY_IMAGES, val_fraction=0.0), 0)
         if data.input_shape == shape:
-            return Normalize(data.mean, data.std, torch.device("cpu"))(data.test.take(torch.arange(len(data.test))).images).contiguous()
+            return data.normalize(torch.device("cpu"))(data.test.take(torch.arange(len(data.test))).images).contiguous()
     except (UserError, ValueError):  # another dataset, or not on this machine
         pass
     return torch.randn(PARITY_IMAGES, *shape, generator=torch.Generator().manual_seed(0))

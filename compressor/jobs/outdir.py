@@ -1,7 +1,5 @@
-"""A job's output: the files it writes, which it claims, locks, and never takes from anyone else.
+"""A job's output: the files it writes (jobs.paths), which it claims, locks, and never takes from anyone else.
 
-`RunPaths` (a `compress distill` folder) and `CheckpointPaths` (a `compress train` checkpoint and the files beside
-it) name every file a run writes, its run record (core.runrecord), its lock and where an earlier run's files wait.
 `claim` takes the output for this process (core.runlock's flock) and refuses, before anything is written:
 
 - an output that is one of the run's inputs (the teacher, the recipe): never, not even with --force;
@@ -31,95 +29,8 @@ from compressor.core import runlock
 from compressor.core.errors import Cancelled, GateFailure, Interrupted, UserError
 from compressor.core.fileio import remove_stale_temporaries
 from compressor.core.progress import CancelRequested, console
-from compressor.core.runrecord import RECORD_NAME, RunRecord
-
-FINISHED_MARKER = "report.json"
-# what `compress distill` writes into --out (and figures/)
-RUN_FILES = ("train_state.pt", "metrics.jsonl", "student.pt", "student.onnx", "teacher.onnx", "student.int8.onnx",
-             "report.json", "report.md")
-FIGURE_FILES = ("attention.png", "curves.png", "latency.png")
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Every file of a `compress distill` run folder."""
-
-    out: Path
-
-    @property
-    def folder(self) -> Path:
-        return self.out
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (*RUN_FILES, *(f"figures/{f}" for f in FIGURE_FILES))
-
-    @property
-    def state(self) -> Path:
-        return self.out / "train_state.pt"
-
-    @property
-    def metrics(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    @property
-    def finished(self) -> Path:
-        return self.out / FINISHED_MARKER
-
-    @property
-    def record(self) -> Path:
-        return self.out / RECORD_NAME
-
-    @property
-    def lock(self) -> Path:
-        return self.out / runlock.LOCK_NAME
-
-    @property
-    def previous(self) -> Path:
-        return self.out / ".compressor-previous"
-
-    def __truediv__(self, name: str) -> Path:
-        return self.out / name
-
-
-@dataclass(frozen=True)
-class CheckpointPaths:
-    """`compress train`'s checkpoint and the files beside it: its training state and its metrics."""
-
-    out: Path
-
-    @property
-    def folder(self) -> Path:
-        return self.out.parent
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return (self.out.name, self.state.name, self.metrics.name)
-
-    @property
-    def state(self) -> Path:
-        return self.out.with_name(self.out.name + ".state")
-
-    @property
-    def metrics(self) -> Path:
-        return self.out.with_name(self.out.stem + ".metrics.jsonl")
-
-    @property
-    def finished(self) -> Path:
-        return self.out
-
-    @property
-    def record(self) -> Path:
-        return self.folder / f".{self.out.name}{RECORD_NAME}"
-
-    @property
-    def lock(self) -> Path:
-        return self.folder / f".{self.out.name}.lock"
-
-    @property
-    def previous(self) -> Path:
-        return self.folder / f".{self.out.name}.compressor-previous"
-
+from compressor.core.runrecord import RunRecord
+from compressor.jobs.paths import CheckpointPaths, RunPaths
 
 Paths = RunPaths | CheckpointPaths
 

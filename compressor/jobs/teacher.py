@@ -11,7 +11,8 @@ from compressor.core.errors import UserError
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
 from compressor.data.datasets import data_root, load_data
 from compressor.jobs.common import batches_for, run_inputs
-from compressor.jobs.outdir import CheckpointPaths, claim, claimed, remove_leftovers
+from compressor.jobs.outdir import claim, claimed, remove_leftovers
+from compressor.jobs.paths import CheckpointPaths
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model
 from compressor.models.evaluate import evaluate
@@ -59,7 +60,7 @@ def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_pat
     test = evaluate(result.model, batches_for(data.test, data, dev, recipe, result.eval_batch), dev)
     ck = ckpt_io.model_checkpoint(
         result.model, arch=recipe.teacher.arch, classes=data.classes, input_shape=data.input_shape,
-        mean=data.mean, std=data.std, dataset=data.name, kind="teacher",
+        mean=data.mean, std=data.std, dataset=data.name, preprocess=data.preprocess.to_dict(), kind="teacher",
         metrics={"test_accuracy": test["accuracy"], "best_epoch": result.best_epoch,
                  "val_accuracy": result.best_val_accuracy, "epochs": epochs},
         recipe=recipe.model_dump(mode="json"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from compressor.core.device import environment, seed_everything
@@ -13,18 +14,20 @@ from compressor.core.errors import UserError, first_line
 from compressor.core.fileio import write_json
 from compressor.core.progress import console
 from compressor.data.datasets import load_data
+from compressor.data.batches import make_batches
 from compressor.data.splits import DataBundle
 from compressor.export.onnx import check_parity
-from compressor.export.sessions import check_onnx_file, create_session, probe_classifier
+from compressor.export.sessions import check_onnx_file, create_session, is_quantized, probe_classifier
 from compressor.jobs.common import check_output, raise_failed
 from compressor.models import checkpoint as ckpt_io
+from compressor.models.evaluate import evaluate
 from compressor.recipe.schema import Recipe
 from compressor.report.markdown import latency_table
 from compressor.teachers.load import open_model
 from compressor.verify.accuracy import accuracy_of, onnx_split_predictions
 from compressor.verify.gates import gate, latency_gates
 from compressor.verify.latency import latency_meta, measure_latencies, speedups
-from compressor.verify.parity import parity_batch_sizes, parity_gate, parity_images
+from compressor.verify.parity import int8_parity_gates, parity_batch_sizes, parity_gate, parity_images
 
 
 def _metadata(session) -> dict[str, str]:
@@ -75,7 +78,15 @@ def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: 
                         f"({first_line(e)})") from None
     console.print(f"parity with {reference}: max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} "
                   f"test images (largest |logit| {parity['scale']:.3g})")
-    return {**parity, "reference": str(reference)}
+    return {**parity, "reference": str(reference)}, model
+
+
+def _reference_predictions(model, data: DataBundle, fed: dict, batch: int) -> np.ndarray:
+    """The reference checkpoint's top-1 on the whole test split, fed as the ONNX model is (an int8 model's
+    agreement with the fp32 model it was quantised from)."""
+    normalize = data.normalize(torch.device("cpu"), mean=fed["mean"], std=fed["std"])
+    tested = evaluate(model, make_batches(data.test, batch, normalize), torch.device("cpu"), predictions=True)
+    return tested["predictions"].numpy()
 
 
 def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path, reference: Path | None = None,
@@ -87,7 +98,7 @@ def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out
     size it accepts; one that does not fit the data (image shape, class count, metadata) or does not run is
     refused with one line (exit 2)."""
     check_output(out, [model_path, baseline, reference], force)
-    check_onnx_file(model_path)
+    quantized = is_quantized(check_onnx_file(model_path))
     if baseline is not None:
         check_onnx_file(baseline)
     if reference is not None and not reference.is_file():
@@ -105,11 +116,12 @@ def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out
     for role, sess in sessions.items():
         fed[role] = _model_input(sess, data)
         runs[role] = probe_classifier(sess, data.input_shape, data.num_classes, [*v.batch_sizes, eval_batch])
-    accuracy = {}
+    accuracy, predicted = {}, {}
     for role, sess in sessions.items():
         batch = eval_batch if eval_batch in runs[role]["accepted"] else max(runs[role]["accepted"])
-        predicted = onnx_split_predictions(sess, data.test, data, batch, mean=fed[role]["mean"], std=fed[role]["std"])
-        accuracy[role] = accuracy_of(predicted, data.test)
+        predicted[role] = onnx_split_predictions(sess, data.test, data, batch, mean=fed[role]["mean"],
+                                                 std=fed[role]["std"])
+        accuracy[role] = accuracy_of(predicted[role], data.test)
     timed_sizes = [b for b in v.batch_sizes if all(b in r["accepted"] for r in runs.values())]
     skipped = {str(b): next(r["refused"][str(b)] for r in runs.values() if str(b) in r["refused"])
                for b in v.batch_sizes if b not in timed_sizes}
@@ -123,9 +135,15 @@ def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out
         latency["speedup"], latency["speedup_interval"] = speedups(timed["teacher"], timed["student"])
     gates = []
     if reference is not None:
-        result["parity"] = _reference_parity(reference, model_path, data, fed["student"], runs["student"]["accepted"],
-                                             recipe, trust)
-        gates.append(parity_gate("max_abs_diff", result["parity"], v))
+        result["parity"], ref_model = _reference_parity(reference, model_path, data, fed["student"],
+                                                        runs["student"]["accepted"], recipe, trust)
+        if quantized:  # int8 computes other logits by design: a relative tolerance and top-1 agreement
+            ref_pred = _reference_predictions(ref_model, data, fed["student"], eval_batch)
+            differ = int((ref_pred != predicted["student"]).sum())
+            result["parity"].update(quantized=True, top1_differ=differ)
+            gates += int8_parity_gates(result["parity"], differ, len(data.test))
+        else:
+            gates.append(parity_gate("max_abs_diff", result["parity"], v))
     if baseline is not None and v.max_accuracy_drop is not None:
         drop = accuracy["teacher"] - accuracy["student"]
         gates.append(gate("max_accuracy_drop", v.max_accuracy_drop, drop, drop <= v.max_accuracy_drop))

@@ -29,9 +29,13 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="held out of train to choose the best epoch")
     pad: int = Field(4, ge=0, le=64, description="reflect padding before the random crop (0 = no crop)")
     flip: bool = Field(True, description="random horizontal flip")
-    image_size: PositiveInt = Field(224, description="imagefolder: the square size the models see (evaluation: "
-                                    "Resize(image_size / 0.875) + CenterCrop(image_size))")
-    channels: Literal[1, 3] = Field(3, description="imagefolder: 1 = grey-scale, 3 = RGB")
+    image_size: PositiveInt | None = Field(
+        None, description="the square size the models see; null = the dataset's own (28 Fashion-MNIST, 32 CIFAR) or 224 "
+        "for an imagefolder (decoded as Resize(image_size / 0.875) + CenterCrop(image_size)); a built-in dataset at "
+        "another size is resized batch by batch (bilinear, antialiased), so a 224 px teacher distils on Fashion-MNIST")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 = grey-scale, 3 = RGB; null = the dataset's own (1 Fashion-MNIST, 3 CIFAR and an "
+        "imagefolder); 3 on Fashion-MNIST repeats its grey channel into R, G and B (a 3-channel teacher distils on it)")
     loader: Literal["auto", "memory", "stream"] = Field(
         "auto", description="memory: decode the images once and hold them as tensors; stream: decode each batch in "
         "DataLoader workers (an ImageFolder); auto: memory when the decoded images fit memory_budget_gb and the "
@@ -91,12 +95,14 @@ class TeacherConfig(Strict):
 
 
 def _amount(v, what: str, examples: str, units: str):
-    """A fraction of the teacher's (0 < v <= 1) or a count (>= 1000, or written with a unit such as 200k)."""
+    """A fraction of the teacher's (0 < v < 1: 1 would be the teacher itself) or a count (>= 1000, or written with a
+    unit such as 200k)."""
     if v is None:
         return v
     if isinstance(v, (int, float)):
-        if not 0 < v <= 1 and v < 1000:
-            raise ValueError(f"a fraction must be in (0, 1]; a count must be >= 1000 (or written {examples})")
+        if not 0 < v < 1 and v < 1000:
+            raise ValueError(f"a fraction must be in (0, 1) (1 is the teacher itself); a count must be >= 1000 (or "
+                             f"written {examples})")
         return float(v)
     if not re.fullmatch(rf"\s*\d+(\.\d+)?\s*[{units}]?\s*", v):
         raise ValueError(f"{v!r} is neither a fraction (0.25) nor a {what} ({examples})")
@@ -184,9 +190,10 @@ class TrainConfig(Strict):
         False, description="torch.compile the student's and the teacher's forward: faster steps after a 10-60 s "
         "compile (measured +11% on a 2-core CPU), worth it for runs longer than a few minutes; not with grad_at"
     )
-    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+    amp: Literal["auto", "off", "bf16", "fp16"] | bool = Field(
         "auto", description="training precision: auto = bf16 on CUDA when supported and on CPUs that compute bf16 "
-        "natively (AVX512-BF16, AMX), fp32 on other CPUs; evaluation and export are always fp32"
+        "natively (AVX512-BF16, AMX), fp32 on other CPUs; evaluation and export are always fp32. YAML reads a bare "
+        "off as false and on as true: false means off, true auto"
     )
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps inside an epoch (0 = per epoch only)")
     log_every: PositiveInt = Field(20, description="steps between progress-bar updates (each costs a host sync)")
@@ -308,6 +315,11 @@ class Recipe(Strict):
     @property
     def source(self) -> str | None:
         return self._source
+
+    def __eq__(self, other) -> bool:  # the same settings, wherever they were read from
+        return isinstance(other, Recipe) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # mutable, like every pydantic model
 
     def methods(self) -> list[str]:
         d = self.distill

@@ -20,7 +20,6 @@ from torch import nn
 
 from compressor.core.errors import UserError
 from compressor.core.fileio import atomic_path
-from compressor.data.batches import Normalize
 from compressor.data.splits import DataBundle
 from compressor.distill.at import attention_map
 from compressor.distill.pairs import Pair, find_pairs
@@ -161,7 +160,7 @@ def write_figures(
     if pairs:
         idx = pick_images(data.test.labels)
         images = data.test.take(torch.as_tensor(idx)).images
-        x = Normalize(data.mean, data.std, torch.device("cpu"))(images).contiguous()
+        x = data.normalize(torch.device("cpu"))(images).contiguous()
         before = copy.deepcopy(student)
         before.load_state_dict(initial_state)
         titles = [data.classes[int(data.test.labels[i])] for i in idx]

@@ -20,7 +20,7 @@ from torch import nn
 from compressor.core.errors import UserError
 from compressor.core.memory import fitting_batch
 from compressor.core.progress import console
-from compressor.data.batches import Normalize, make_batches
+from compressor.data.batches import make_batches
 from compressor.data.splits import DataBundle
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
@@ -110,7 +110,7 @@ def _calibration(recipe: Recipe, data: DataBundle, batch_size: int) -> tuple[int
     n = min(recipe.student.calibration_images, len(data.train))
     g = torch.Generator().manual_seed(recipe.seed + 7919)
     idx = torch.randperm(len(data.train), generator=g)[:n]
-    normalize = Normalize(data.mean, data.std, torch.device("cpu"))
+    normalize = data.normalize(torch.device("cpu"))
 
     def batches():
         for images, labels in data.train.take_batches(idx, batch_size, recipe.data.workers):
@@ -159,14 +159,15 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
     plan = channel_plan(model, base)
     seconds = time.perf_counter() - started
-    test = make_batches(data.test, eval_batch, Normalize(data.mean, data.std, torch.device("cpu")), workers=recipe.data.workers)
+    test = make_batches(data.test, eval_batch, data.normalize(torch.device("cpu")), workers=recipe.data.workers)
     pruned_acc = evaluate(model, test, torch.device("cpu"))["accuracy"]
     flops = count_flops(model, data.input_shape)
     arch = ckpt_io.pruned_name(teacher.arch)
     limits = ", ".join(t for t in (target and f"target {target:,} parameters",
                                    target_flops and f"{target_flops:,} FLOPs") if t)
     how = "of each channel group" if cfg.allocation == "uniform" else "of all channels, ranked globally,"
-    reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {info['ratio']:.0%} {how} "
+    removed = 1 - _channels(model) / _channels(teacher.model)
+    reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {removed:.1%} {how} "
               f"removed{' (stem kept)' if cfg.keep_stem else ''}: {info['params']:,} parameters "
               f"({info['params'] / full:.1%} of the teacher), {flops / t_flops:.1%} of its FLOPs ({limits})")
     sizing = {
@@ -175,12 +176,18 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
         "flops_target": cfg.flops, "target_flops": target_flops, "params": info["params"], "flops": flops,
         "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
         "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
+        "channels_removed": removed,
         "round_to": cfg.round_to, "calibration_images": n_calib, "pruned_modules": len(plan),
         "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
     }
     console.print(f"student grown from the teacher: {reason}; test accuracy right after pruning and BN "
                   f"recalibration {pruned_acc:.2f}% ({seconds:.1f} s)")
     return Student(model, arch, teacher.arch, plan, sizing)
+
+
+def _channels(model: nn.Module) -> int:
+    """Every convolution's output channels, summed: what "channels removed" is a fraction of."""
+    return sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d))
 
 
 def _rebuild(saved: dict, data: DataBundle) -> Student:

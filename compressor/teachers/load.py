@@ -117,28 +117,29 @@ def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> N
                     f"set {arch_key} to {shown} or leave it out (the checkpoint names its own architecture)")
 
 
-def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False, arch_given: bool = True,
-                 normalisation_given: bool = True) -> Teacher:
+def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False,
+                 arch_given: bool = True) -> tuple[Teacher, DataBundle]:
     """The teacher for `compress distill`, checked against the recipe's data (classes, channels, size,
     normalisation); a mismatch is a UserError that gives both values. `arch` is the recipe's teacher.arch: it
     builds a state_dict, and must match a compressor checkpoint's own architecture when `arch_given` (the recipe
-    wrote it rather than leaving the default)."""
+    wrote it rather than leaving the default). Returns the teacher and the data as the teacher is fed
+    (`fed_as_teacher`: a new bundle where the teacher records another normalisation; `data` is not changed)."""
     teacher = open_model(path, arch=arch, input_shape=data.input_shape, trust=trust, names=False,
                          arch_key="teacher.arch" if arch_given else None)
-    adopt_normalisation(teacher, data, normalisation_given)
+    data = fed_as_teacher(teacher, data)
     check_fits_data(teacher, data, Path(path))
-    return teacher
+    return teacher, data
 
 
-def adopt_normalisation(teacher: Teacher, data: DataBundle, given: bool) -> None:
+def fed_as_teacher(teacher: Teacher, data: DataBundle) -> DataBundle:
     """Feed the data as the teacher was fed: where the teacher records its mean/std (a compressor checkpoint,
-    timm's pretrained_cfg) and the recipe does not set data.mean/std (`given`), the data takes the teacher's
-    (recorded in data.info["normalisation"]); a recipe that sets them must agree (check_fits_data)."""
-    if given or teacher.mean is None or len(teacher.mean) != data.input_shape[0]:
-        return
+    timm's pretrained_cfg) and the recipe does not set data.mean/std, the data takes the teacher's; a recipe that
+    sets them must agree (check_fits_data)."""
+    if data.preprocess.normalisation == "recipe" or teacher.mean is None or len(teacher.mean) != data.input_shape[0]:
+        return data
     if tuple(teacher.mean) != tuple(data.mean) or tuple(teacher.std) != tuple(data.std):
-        data.mean, data.std = tuple(teacher.mean), tuple(teacher.std)
-        data.info["normalisation"] = "teacher"
+        return data.with_normalisation(teacher.mean, teacher.std, "teacher")
+    return data
 
 
 def check_fits_data(teacher: Teacher, data: DataBundle, path: Path) -> None:

@@ -192,7 +192,7 @@ def _end_epoch(run: Training, meter: EpochMeter, epoch: int, state: StateFile) -
     }
     if run.val is not None:
         v = evaluate(run.model, run.val, run.device)  # fp32 whatever the steps ran in: it picks the best epoch
-        check_validation(v, meter.divergence.bound, epoch, state.saved)
+        check_validation(v, meter.divergence.bound, epoch, state.saved, steps=(epoch + 1) * len(run.train))
         row.update(val_accuracy=v["accuracy"], val_loss=v["loss"])
     return row
 

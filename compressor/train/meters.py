@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from compressor.core.errors import EXIT_USAGE, CompressorError
+from compressor.core.progress import console
 from compressor.distill.terms import full
 
 
@@ -101,15 +102,26 @@ class Divergence:
         )
 
 
-def check_validation(v: dict, bound: float, epoch: int, saved: str) -> None:
-    """After an epoch's update steps: a validation loss that is not finite, or logits past the bound, is a diverged
-    run too (the last step's update may have blown up the weights with every training loss still finite)."""
+SETTLED_STEPS = 50  # BatchNorm's running statistics (momentum 0.1) keep 0.9^50 = 0.5 % of their start after this
+
+
+def check_validation(v: dict, bound: float, epoch: int, saved: str, steps: int = SETTLED_STEPS) -> None:
+    """After an epoch's update steps: a validation loss that is not finite is a diverged run (the last update may
+    have blown up the weights with every training loss still finite), and so are logits past the bound once the
+    run has taken `SETTLED_STEPS` steps. Before that, a scratch network's BatchNorm statistics are still mostly
+    their initial values and its eval-mode logits can be wild in a healthy smoke run: said, not stopped."""
     loss, peak = v["loss"], v.get("max_abs_logit", 0.0)
-    if loss == loss and abs(loss) != float("inf") and peak <= bound:
+    finite_loss = loss == loss and abs(loss) != float("inf")
+    if finite_loss and peak <= bound:
+        return
+    if finite_loss and steps < SETTLED_STEPS:
+        console.print(f"warning: after {steps} steps the validation logits reach |z| = {peak:.3g} (train.max_logit = "
+                      f"{bound:g}): BatchNorm's running statistics have not settled; train longer before trusting "
+                      "this model")
         return
     raise Diverged(f"training diverged in epoch {epoch + 1}: on the validation images the loss is {loss:.4g} and the "
-                   f"logits reach |z| = {peak:.3g} (train.max_logit = {bound:g}); {saved}; lower train.lr or the loss "
-                   "weights (distill.at.beta) and start again with --force")
+                   f"logits reach |z| = {peak:.3g} (train.max_logit = {bound:g}): the model in eval mode is unusable; "
+                   f"{saved}; lower train.lr or the loss weights (distill.at.beta) and start again with --force")
 
 
 def means(sums: dict[str, torch.Tensor], seen: int) -> dict[str, float]:

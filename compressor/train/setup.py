@@ -16,7 +16,7 @@ from compressor.core import distributed, memory
 from compressor.core.device import amp_choice, autocast, channels_last_safe, memory_format
 from compressor.core.errors import Cancelled, Interrupted, UserError
 from compressor.core.progress import console
-from compressor.data.batches import Normalize, make_batches
+from compressor.data.batches import make_batches
 from compressor.distill.objective import Objective
 from compressor.distill.pairs import Pair
 from compressor.distill.points import FeatureTap
@@ -105,7 +105,7 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
         console.print(f"training precision: {amp['dtype']} ({amp_reason}); evaluation and export: float32")
     # channels_last where the student's widths are safe for it on this device (device.channels_last_safe)
     fmt = memory_format(cfg.channels_last and (device.type != "cpu" or channels_last_safe(model)))
-    normalize = Normalize(data.mean, data.std, device, fmt)
+    normalize = data.normalize(device, fmt)
     # in-memory splits move to the device once; a streamed one is decoded batch by batch by DataLoader workers
     stream = {"workers": recipe.data.workers, "device": device}
     train = make_batches(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from compressor.data.batches import Normalize
 from compressor.data.splits import DataBundle
 from compressor.export.sessions import onnx_predict
 
@@ -13,7 +12,7 @@ from compressor.export.sessions import onnx_predict
 def onnx_split_predictions(session, split, data: DataBundle, batch_size: int = 256, mean=None, std=None) -> np.ndarray:
     """Top-1 class of an ONNX model for every image of a split, normalised a batch at a time (memory stays
     flat); `mean`/`std` override the data's (a model that records its own normalisation is fed with it)."""
-    normalize = Normalize(mean or data.mean, std or data.std, torch.device("cpu"))
+    normalize = data.normalize(torch.device("cpu"), mean=mean, std=std)
     out = []
     for images, _ in split.chunks(batch_size):
         x = normalize(images.cpu()).contiguous().numpy()

@@ -4,8 +4,12 @@ every file is written); report.json lists them all."""
 from __future__ import annotations
 
 
-def gate(name: str, limit, value, passed: bool) -> dict:
-    return {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
+def gate(name: str, limit, value, passed: bool, detail: str | None = None) -> dict:
+    """`detail`: what a person needs to see why it failed (the parity gates: the logits' scale)."""
+    g = {"name": name, "limit": limit, "value": value, "passed": bool(passed)}
+    if detail:
+        g["detail"] = detail
+    return g
 
 
 def latency_gates(v, latency: dict) -> list[dict]:

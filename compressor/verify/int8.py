@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 
 from compressor.core.progress import console
-from compressor.data.batches import Normalize
 from compressor.data.splits import DataBundle, stratified_indices
 from compressor.export.int8 import quantize_int8
 from compressor.export.sessions import CPU, create_session
@@ -33,7 +32,7 @@ def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recip
     """
     v = recipe.verify
     pick = stratified_indices(data.train.labels, CALIBRATION_IMAGES, recipe.seed)
-    normalize = Normalize(data.mean, data.std, torch.device("cpu"))
+    normalize = data.normalize(torch.device("cpu"))
     calib = (normalize(x).contiguous() for x, _ in data.train.take_batches(pick, 64, recipe.data.workers))
     console.print(f"quantising to int8 (static {recipe.export.int8_format}, {len(pick)} calibration images) ...")
     info = quantize_int8(fp32_path, int8_path, calib, quant_format=recipe.export.int8_format)
