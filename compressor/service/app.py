@@ -102,3 +102,29 @@ def visible_job(request: Request, who: auth.Caller, job_id: str, s) -> Job:
     if job is None or not who.may_see(job.token_id):
         raise ApiError(404, f"job {job_id} not found")
     return job
+
+
+def serve(cfg: ServerConfig) -> None:
+    """`compress serve`: migrate the store, refuse to listen beyond loopback without tokens, run uvicorn."""
+    import uvicorn
+
+    from compressor.core.errors import UserError
+    from compressor.core.progress import console
+    from compressor.service.config import is_loopback
+
+    cfg.prepare()
+    store = Store(cfg.url)
+    store.migrate()
+    tokens = auth.token_count(store)
+    store.close()
+    if tokens == 0 and not is_loopback(cfg.host):
+        raise UserError(f"--host {cfg.host}: no tokens are configured, so the server listens on loopback only; "
+                        "create one first (compress serve token create NAME)")
+    if tokens == 0:
+        console.print("no tokens yet: every call but /v1/health needs one; create it with "
+                      "`compress serve token create NAME [--admin]`")
+    engine = f"Ray at {cfg.ray_address}" if cfg.ray_address else (
+        f"a local Ray ({cfg.ray_cpus or 'all'} CPUs)")
+    console.print(f"compress serve: http://{cfg.host}:{cfg.port}/ (API /v1, OpenAPI /docs); home {cfg.home}; "
+                  f"store {cfg.url.split('://')[0]}; jobs on {engine}; datasets {', '.join(sorted(cfg.datasets))}")
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10)

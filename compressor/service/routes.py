@@ -152,7 +152,7 @@ def _submit(app, who: Caller, req: SubmitRequest, response: Response) -> JobOut:
                       overrides=req.overrides, recipe=accepted.recipe.model_dump(mode="json"),
                       recipe_name=accepted.recipe.name, dataset=accepted.dataset, device=accepted.device,
                       num_cpus=cfg.cpus_per_job, num_gpus=accepted.num_gpus, state="queued",
-                      reason="queued: waiting for the dispatcher to find it a worker", max_attempts=cfg.max_attempts,
+                      reason="waiting for the dispatcher to find it a worker", max_attempts=cfg.max_attempts,
                       attempts=0, progress_seq=0, problems=[]))
     except IntegrityError:  # the same key submitted twice at the same moment: the other one won
         existing = _same_key(store, who, req.idempotency_key, digest)

@@ -24,9 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import threading
 
 from compressor.service.artifacts import LocalArtifacts
+from compressor.service.client import describe
 from compressor.service.config import ServerConfig
 from compressor.service.reports import read_report, summary
 from compressor.service.store import FINISHED, Attempt, Job, Store, now
@@ -57,22 +59,30 @@ class Board:
 
 
 def start_ray(cfg: ServerConfig) -> None:
-    """Join the cluster at cfg.ray_address, or start the embedded one (loopback, token auth)."""
-    import ray
-
+    """Join the cluster at cfg.ray_address, or start the embedded one (loopback, token auth). The environment is
+    set before ray is imported: its token loader reads it once."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if cfg.ray_address:
-        ray.init(address=cfg.ray_address, namespace=NAMESPACE, log_to_driver=False)
-        return
-    if not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
+    if not cfg.ray_address and not os.environ.get("RAY_AUTH_TOKEN") and not os.environ.get("RAY_AUTH_TOKEN_PATH"):
         token = cfg.home / "ray_auth_token"
         if not token.exists():
             fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.write(fd, secrets.token_hex(32).encode())
             os.close(fd)
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
-    ray.init(address="local", num_cpus=cfg.ray_cpus, namespace=NAMESPACE, include_dashboard=False,
-             log_to_driver=False, _node_ip_address="127.0.0.1")
+    import ray
+
+    # ray.init installs its own SIGTERM handler (exit at once); the server's (uvicorn's graceful shutdown, which
+    # stops the dispatcher and Ray in order) stays
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if cfg.ray_address:
+        ray.init(address=cfg.ray_address, namespace=NAMESPACE, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=cfg.ray_cpus, namespace=NAMESPACE, include_dashboard=False,
+                 log_to_driver=False, _node_ip_address="127.0.0.1")
+    if threading.current_thread() is threading.main_thread():
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class Runner:
@@ -84,11 +94,11 @@ class Runner:
         self.thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
 
     def start(self) -> None:
-        import ray
-
         from compressor.service.worker import run_attempt
 
-        start_ray(self.cfg)
+        start_ray(self.cfg)  # before ray is imported here (see start_ray)
+        import ray
+
         self.board = ray.remote(num_cpus=0)(Board).options(name=f"board-{os.getpid()}").remote()
         self.task = ray.remote(run_attempt)
         self.reconcile()
@@ -261,20 +271,3 @@ class Runner:
                                   f"checkpoint as attempt {job.attempts + 1} of {job.max_attempts}")
                 else:
                     self._end(job, "failed", f"the server stopped during its last attempt ({job.attempts})")
-
-
-def describe(progress: dict | None) -> str:
-    """One line for a person from a progress event: phase, epoch, step, img/s, ETA."""
-    if not progress:
-        return "starting"
-    p = progress
-    if p.get("phase") == "training" and p.get("epoch"):
-        parts = [f"training epoch {p['epoch']}/{p.get('epochs')}"]
-        if p.get("step") is not None and p.get("steps"):
-            parts.append(f"step {p['step']}/{p['steps']}")
-        if p.get("images_per_second"):
-            parts.append(f"{p['images_per_second']:.0f} img/s")
-        if p.get("eta_seconds") is not None:
-            parts.append(f"ETA {p['eta_seconds']:.0f} s")
-        return ", ".join(parts)
-    return f"{p.get('phase')}" + (f": {p['message']}" if p.get("message") else "")

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from compressor.service import auth
 from compressor.service.app import ApiError, caller, visible_job
-from compressor.service.runner import describe
+from compressor.service.client import describe
 from compressor.service.schemas import ArtifactOut, JobOut
 
 router = APIRouter(include_in_schema=False)
