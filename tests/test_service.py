@@ -319,3 +319,57 @@ def test_a_refused_recipe_says_what_compress_recipe_validate_says(service, small
     r = api.http.post("/v1/jobs", json={"teacher_sha256": api.upload(small_teacher), "recipe": text})
     assert r.status_code == 422
     assert r.json()["problems"] == expected and len(expected) == 3
+
+
+def chromium(tmp_path: Path):
+    """Headless Chromium (Debian's chromium + chromium-driver, which `make test` installs) under selenium."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,2200",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=DriverService("/usr/bin/chromedriver"), options=options)
+
+
+def test_web_page_in_a_real_browser(service, ci_run, tmp_path):
+    """Log in with the token, see the finished jobs listed, open one: its report rendered with its figures loaded,
+    its downloads. The screenshot goes to $COMPRESSOR_SCREENSHOT_DIR when set (docs/ has one)."""
+    from selenium.webdriver.common.by import By
+
+    server, tokens = service
+    _, _, _, api = ci_run
+    job = next(j for j in api.http.get("/v1/jobs", params={"state": "succeeded"}).json())
+    browser = chromium(tmp_path)
+    try:
+        browser.get(server.url + "/")
+        assert browser.current_url.endswith("/login")  # no token, no page
+        browser.find_element(By.NAME, "token").send_keys(tokens["alice"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        table = browser.find_element(By.ID, "jobs")
+        assert job["id"] in table.text and "succeeded" in table.text and "gate_failed" in table.text
+        assert "alice" in table.text and "× @1" in table.text and "max_abs_diff" in table.text
+        browser.find_element(By.LINK_TEXT, job["id"]).click()
+        report = browser.find_element(By.ID, "report")
+        assert "gates" in report.text and "max_abs_diff" in report.text
+        images = report.find_elements(By.TAG_NAME, "img")
+        assert len(images) >= 2
+        for img in images:  # each figure actually loaded, from the job's artifacts
+            assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
+            assert f"/v1/jobs/{job['id']}/artifacts/figures/" in img.get_attribute("src")
+        links = {a.text for a in browser.find_element(By.ID, "downloads").find_elements(By.TAG_NAME, "a")}
+        assert {"student.onnx", "report.json", "report.md"} <= links
+        assert "PASSED" in browser.find_element(By.ID, "log").text
+        shot = Path(os.environ.get("COMPRESSOR_SCREENSHOT_DIR") or tmp_path) / "service-job-page.png"
+        browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        # another token's job page is not shown
+        browser.get(server.url + "/logout")
+        browser.find_element(By.NAME, "token").send_keys(tokens["bob"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        browser.get(server.url + f"/jobs/{job['id']}")
+        assert "not found" in browser.page_source and "report" not in browser.find_element(By.TAG_NAME, "body").text
+    finally:
+        browser.quit()
