@@ -61,7 +61,11 @@ async def events(job_id: str, request: Request, offset: int = 0, who: Caller = D
         seen_state, seen_seq, at = None, None, max(offset, 0)
         deadline = time.monotonic() + STREAM_SECONDS
         while True:
-            job = snapshot(request, who, job_id)
+            try:
+                job = snapshot(request, who, job_id)
+            except ApiError:  # deleted while we streamed
+                yield sse("end", {"state": "deleted", "exit_code": None, "offset": at})
+                return
             if (job.state, job.reason, job.attempts) != seen_state:
                 seen_state = (job.state, job.reason, job.attempts)
                 yield sse("state", job.model_dump(mode="json"))

@@ -15,12 +15,14 @@ delete, artifacts, report). Progress, the event stream and the log are in `event
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from compressor.core.errors import UserError
@@ -31,7 +33,7 @@ from compressor.service.auth import Caller
 from compressor.service.config import version
 from compressor.service.reports import Report, read_report
 from compressor.service.schemas import ArtifactOut, JobOut, SubmitRequest, TeacherOut
-from compressor.service.store import Job, Teacher, new_job_id
+from compressor.service.store import STATES, Job, Teacher, new_job_id
 
 router = APIRouter(prefix="/v1")
 
@@ -168,8 +170,6 @@ def _submit(app, who: Caller, req: SubmitRequest, response: Response) -> JobOut:
 def _same_key(store, who: Caller, key: str | None, digest: str) -> JobOut | None:
     if key is None:
         return None
-    from sqlalchemy import select
-
     with store.session() as s:
         job = s.scalar(select(Job).where(Job.token_id == who.id, Job.idempotency_key == key))
         if job is None:
@@ -182,8 +182,6 @@ def _same_key(store, who: Caller, key: str | None, digest: str) -> JobOut | None
 
 @router.get("/jobs", tags=["jobs"], response_model=list[JobOut])
 def list_jobs(request: Request, state: str | None = None, limit: int = 200, who: Caller = Depends(caller)):
-    from compressor.service.store import STATES
-
     if state is not None and state not in STATES:
         raise ApiError(400, f"state: {state!r} is not one of {', '.join(STATES)}")
     store = request.app.state.store
@@ -216,20 +214,14 @@ def cancel(job_id: str, request: Request, who: Caller = Depends(caller)):
 @router.delete("/jobs/{job_id}", tags=["jobs"], status_code=204)
 def delete(job_id: str, request: Request, who: Caller = Depends(caller)):
     app = request.app
-    lock = app.state.runner.lock if app.state.runner is not None else None
-    with (lock or _nothing()), app.state.store.session() as s:
+    lock = app.state.runner.lock if app.state.runner is not None else contextlib.nullcontext()
+    with lock, app.state.store.session() as s:
         job = visible_job(request, who, job_id, s)
         if not job.finished:
             raise ApiError(409, f"job {job_id} is {job.state}; cancel it first (POST /v1/jobs/{job_id}/cancel)")
         s.delete(job)
     app.state.artifacts.delete_job(job_id)
     return Response(status_code=204)
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @router.get("/jobs/{job_id}/artifacts", tags=["jobs"], response_model=list[ArtifactOut])

@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import (JSON, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
                         event, select)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
@@ -46,7 +46,7 @@ class Token(Base):
 class Teacher(Base):
     __tablename__ = "teachers"
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes; uploads may pass 2 GiB
     filename: Mapped[str] = mapped_column(String(255))  # the first uploader's file name, shown on pages
     format: Mapped[str] = mapped_column(String(40))  # "compressor checkpoint" | "state_dict"
     uploaded_by: Mapped[int] = mapped_column(ForeignKey("tokens.id"))

@@ -111,7 +111,8 @@ def _attempt(spec: dict, board, job_dir: Path) -> dict:
     out, attempt = Path(spec["out"]), spec["attempt"]
     state_existed = (out / "train_state.pt").exists()
     record = {"attempt": attempt, "resume": spec["resume"], "state_existed": state_existed, "pid": os.getpid(),
-              "node": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+              "node": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "started_unix": time.time()}
     with open(job_dir / "attempts.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     board.push.remote(spec["job_id"], attempt, {"kind": "started", "pid": os.getpid(), "node": socket.gethostname()})

@@ -33,7 +33,7 @@ def upgrade() -> None:
     )
     op.create_table('teachers',
     sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('size', sa.BigInteger(), nullable=False),
     sa.Column('filename', sa.String(length=255), nullable=False),
     sa.Column('format', sa.String(length=40), nullable=False),
     sa.Column('uploaded_by', sa.Integer(), nullable=False),
