@@ -106,7 +106,8 @@ def main() -> None:
                                    str(out)], env, work)
             report = json.loads((out / "report.json").read_text())
             startup = wall - report["wall_seconds"]
-            local.append({"wall_s": wall, "to_first_step_s": startup + report["distillation"]["first_step_seconds"]})
+            local.append({"wall_s": wall, "to_first_step_s": startup + report["distillation"]["first_step_seconds"],
+                          "distill_wall_s": report["wall_seconds"]})
             out = work / f"served{i}"
             started, wall = timed([str(BIN / "compress"), "submit", "teacher.pt", "--recipe", "r.yaml", "--server",
                                    url, "--out", str(out)], env, work)
@@ -116,7 +117,8 @@ def main() -> None:
                        .splitlines()][-1]
             first = attempt["started_unix"] + report["distillation"]["first_step_seconds"]
             served.append({"wall_s": wall, "to_first_step_s": first - started,
-                           "train_seconds": report["distillation"]["train_seconds"]})
+                           "train_seconds": report["distillation"]["train_seconds"],
+                           "distill_wall_s": report["wall_seconds"], "around_distill_s": wall - report["wall_seconds"]})
             local[-1]["train_seconds"] = json.loads((work / f"local{i}" / "report.json").read_text())[
                 "distillation"]["train_seconds"]
             same = (work / f"local{i}" / "student.onnx").read_bytes() == (out / "student.onnx").read_bytes()

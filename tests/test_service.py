@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,27 +155,44 @@ def test_job_record_progress_events_log_and_artifacts(ci_run, service):
     assert Api(server.url, tokens["bob"]).http.get("/v1/jobs").json() == []  # bob sees none of alice's
 
 
-def test_cancel_saves_state_idempotency_and_delete(service, small_teacher):
+def test_interrupted_submit_leaves_the_job_then_cancel_idempotency_and_delete(service, small_teacher, tmp_path):
+    """Ctrl-C on `compress submit` stops following, not the job, and says how to re-attach; the same idempotency
+    key is the same job; `compress jobs cancel` stops it with its state saved and `jobs wait` exits 130; a running
+    job cannot be deleted, a finished one is, with its files."""
     server, tokens = service
     api = Api(server.url, tokens["alice"])
-    sha = api.upload(small_teacher)
-    recipe = tiny_recipe(seed=5, limit=4096, checkpoint_every=4)
-    first = api.submit(sha, recipe, key="cancel-me")
+    recipe = tiny_recipe(seed=5, limit=4096, checkpoint_every=4).replace("name: tiny", "name: long")
+    (tmp_path / "long.yaml").write_text(recipe)
+    env = {**os.environ, "COMPRESSOR_TOKEN": tokens["alice"], "COMPRESSOR_SERVER": server.url, "COLUMNS": "200"}
+    submit = subprocess.Popen([str(Path(sys.executable).with_name("compress")), "submit", str(small_teacher),
+                               "--recipe", "long.yaml", "--idempotency-key", "cancel-me", "--out", "got"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not [j for j in api.http.get("/v1/jobs").json() if j["recipe_name"] == "long"]:
+        assert submit.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    job_id = next(j["id"] for j in api.http.get("/v1/jobs").json() if j["recipe_name"] == "long")
+    api.wait(job_id, until=lambda j: (j["progress"] or {}).get("phase") == "training")
+    submit.send_signal(signal.SIGINT)
+    _, err = submit.communicate(timeout=60)
+    assert submit.returncode == 130, err
+    assert f"compress jobs wait {job_id}" in err and "Traceback" not in err
+    assert api.job(job_id)["state"] == "running"  # the job goes on
+    sha = api.job(job_id)["teacher_sha256"]
     again = api.http.post("/v1/jobs", json={"teacher_sha256": sha, "recipe": recipe, "idempotency_key": "cancel-me"})
-    assert again.status_code == 200 and again.json()["id"] == first["id"]  # the same key: the same job
-    job_id = first["id"]
+    assert again.status_code == 200 and again.json()["id"] == job_id  # the same key: the same job
     other = api.http.post("/v1/jobs", json={"teacher_sha256": sha, "recipe": recipe.replace("seed: 5", "seed: 6"),
                                             "idempotency_key": "cancel-me"})
     assert other.status_code == 409 and f"was used for job {job_id} with a different request" in other.json()["detail"]
-    api.wait(job_id, until=lambda j: (j["progress"] or {}).get("phase") == "training")
     busy = api.http.delete(f"/v1/jobs/{job_id}")
     assert busy.status_code == 409 and "cancel it first" in busy.json()["detail"]
-    r = api.http.post(f"/v1/jobs/{job_id}/cancel")
-    assert r.status_code == 202 and r.json()["cancel_requested"] is True
-    job = api.wait(job_id)
+    cancel = run_cli("jobs", "cancel", job_id, env=env)
+    assert cancel.returncode == 0 and "cancelling" in cancel.stdout, cancel.stderr
+    waited = run_cli("jobs", "wait", job_id, env=env)
+    assert waited.returncode == 130, waited.stderr
+    job = api.job(job_id)
     assert job["state"] == "cancelled" and job["exit_code"] == 130, job
     assert (server.home / "jobs" / job_id / "out" / "train_state.pt").exists()  # saved, as SIGTERM saves it
-    assert len(api.http.get("/v1/jobs").json()) >= 1
     gone = api.http.delete(f"/v1/jobs/{job_id}")
     assert gone.status_code == 204 and not (server.home / "jobs" / job_id).exists()
     assert api.http.get(f"/v1/jobs/{job_id}").status_code == 404
