@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -210,8 +211,10 @@ def _teacher_files(tmp: Path) -> dict:
 
     files = {}
     torch.save(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(10)), tmp / "pickled.pt")
-    traced = torch.jit.trace(nn.Sequential(nn.Conv2d(1, 2, 3)).eval(), torch.zeros(1, 1, 8, 8))
-    torch.jit.save(traced, tmp / "script.pt")
+    with warnings.catch_warnings():  # TorchScript is deprecated, and still what users bring
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(nn.Sequential(nn.Conv2d(1, 2, 3)).eval(), torch.zeros(1, 1, 8, 8))
+        torch.jit.save(traced, tmp / "script.pt")
     (tmp / "noise.pt").write_text("just some text, not a model\n" * 100)
     (tmp / "big.pt").write_bytes(os.urandom(1536 * 1024))  # the module's server takes at most 1 MiB
     for p in tmp.glob("*.pt"):
