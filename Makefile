@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 RUN    ?= runs/fashion_at
 
-.PHONY: demo teacher test data venv clean bench bench-venv
+.PHONY: demo teacher test data venv clean bench bench-venv browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,16 @@ demo: data
 	$(VENV)/bin/compress distill $(TEACHER) --recipe recipes/fashion_at.yaml --out $(RUN) --force
 	@echo "demo outputs: $(RUN)/ (report.md, report.json, student.onnx, student.pt, figures/)"
 
-test: data
+# The service's web page is tested in a real browser: Debian's chromium + chromium-driver, installed here where apt
+# exists (CI runs on a fresh machine). Without them the test fails rather than skips.
+browser:
+	@if ! { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) || \
+		echo "apt could not install chromium and chromium-driver: the web page test will fail"; \
+	fi
+
+test: data browser
 	$(PY) -m pytest -q
 
 # Throughput against the floor and against torchdistill, then ONNX vs eager latency (docs/BENCHMARKS.md).

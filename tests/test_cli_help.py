@@ -12,7 +12,7 @@ from compressor.cli import app
 from .conftest import ROOT, run_cli
 
 README = (ROOT / "README.md").read_text()
-COMMANDS = ["train", "distill", "export", "verify", "inspect", "ablate", "recipe validate"]
+COMMANDS = ["train", "distill", "export", "verify", "inspect", "ablate", "recipe validate", "serve", "submit"]
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z-]*|-[a-z])(?![\w-])")
 
 

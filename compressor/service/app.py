@@ -1,0 +1,130 @@
+"""The FastAPI application: its parts (store, artifacts, runner) on `app.state`, the caller's token as a
+dependency, and every refusal as one JSON shape: `{"detail": "<one line>", "problems": ["<line>", ...]}`.
+
+    app = create_app(cfg)           # the runner (Ray) starts with the app and stops with it
+    uvicorn.run(app, host=cfg.host, port=cfg.port)
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from compressor.service import auth
+from compressor.service.artifacts import LocalArtifacts
+from compressor.service.config import ServerConfig, version
+from compressor.service.store import Job, Store
+
+
+class ApiError(Exception):
+    """A refusal: the status and one line per problem."""
+
+    def __init__(self, status: int, *problems: str, headers: dict | None = None):
+        self.status, self.problems, self.headers = status, list(problems), headers
+
+
+def problem(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"detail": "\n".join(problems), "problems": problems}, status_code=status, headers=headers)
+
+
+def create_app(cfg: ServerConfig, *, run_jobs: bool = True) -> FastAPI:
+    """The service. `run_jobs=False` leaves Ray out (the store and the API only: for tests of the API's checks)."""
+    from compressor.service import events, routes, web
+    from compressor.service.runner import Runner
+
+    cfg.prepare()
+    store = Store(cfg.url)
+    store.migrate()
+    artifacts = LocalArtifacts(cfg.home)
+    runner = Runner(cfg, store, artifacts) if run_jobs else None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if runner is not None:
+            runner.start()
+        try:
+            yield
+        finally:
+            if runner is not None:
+                runner.stop()
+            store.close()
+
+    app = FastAPI(title="compressor", version=version(), lifespan=lifespan,
+                  description="Distil a teacher into a verified ONNX student, as a job service. Every call but "
+                              "/v1/health needs `Authorization: Bearer <token>` (`compress serve token create`).")
+    app.state.cfg, app.state.store, app.state.artifacts, app.state.runner = cfg, store, artifacts, runner
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, e: ApiError):
+        return problem(e.status, e.problems, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, e: RequestValidationError):
+        lines = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"] if p != "body") or "request"
+            lines.append(f"{where}: {err['msg']}")
+        return problem(422, lines or ["invalid request"])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, e: StarletteHTTPException):
+        return problem(e.status_code, [str(e.detail)])
+
+    app.include_router(routes.router)
+    app.include_router(events.router)
+    app.include_router(web.router)
+    return app
+
+
+def caller(request: Request) -> auth.Caller:
+    """The dependency every call but health has: the bearer token's caller, or 401. The web pages' cookie counts
+    for GET only (a page never changes anything, and the cookie is SameSite=Strict)."""
+    token = auth.bearer(request.headers.get("authorization"))
+    if token is None and request.method in ("GET", "HEAD"):
+        token = request.cookies.get(auth.COOKIE)
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if token is None:
+        raise ApiError(401, "missing bearer token: send Authorization: Bearer <token> (compress serve token create "
+                            "NAME makes one; compress submit reads it from COMPRESSOR_TOKEN)", headers=challenge)
+    who = auth.caller_for(request.app.state.store, token)
+    if who is None:
+        raise ApiError(401, "invalid token: not one this server issued", headers=challenge)
+    return who
+
+
+def visible_job(request: Request, who: auth.Caller, job_id: str, s) -> Job:
+    """The job, if the caller may see it; another token's job is as absent as one that never existed (404)."""
+    job = s.get(Job, job_id)
+    if job is None or not who.may_see(job.token_id):
+        raise ApiError(404, f"job {job_id} not found")
+    return job
+
+
+def serve(cfg: ServerConfig) -> None:
+    """`compress serve`: migrate the store, refuse to listen beyond loopback without tokens, run uvicorn."""
+    import uvicorn
+
+    from compressor.core.errors import UserError
+    from compressor.core.progress import console
+    from compressor.service.config import is_loopback
+
+    cfg.prepare()
+    store = Store(cfg.url)
+    store.migrate()
+    tokens = auth.token_count(store)
+    store.close()
+    if tokens == 0 and not is_loopback(cfg.host):
+        raise UserError(f"--host {cfg.host}: no tokens are configured, so the server listens on loopback only; "
+                        "create one first (compress serve token create NAME)")
+    if tokens == 0:
+        console.print("no tokens yet: every call but /v1/health needs one; create it with "
+                      "`compress serve token create NAME [--admin]`")
+    engine = f"Ray at {cfg.ray_address}" if cfg.ray_address else (
+        f"a local Ray ({cfg.ray_cpus or 'all'} CPUs)")
+    console.print(f"compress serve: http://{cfg.host}:{cfg.port}/ (API /v1, OpenAPI /docs); home {cfg.home}; "
+                  f"store {cfg.url.split('://')[0]}; jobs on {engine}; datasets {', '.join(sorted(cfg.datasets))}")
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10)
