@@ -48,7 +48,8 @@ from torch.nn import functional as F
 
 from compressor.core.device import amp_dtype, autocast, environment, memory_format
 from compressor.core.errors import CompressorError
-from compressor.data.batches import Batches, Normalize
+from compressor.data.batches import Batches
+from compressor.data.transform import Normalize
 from compressor.data.datasets import load_data
 from compressor.data.splits import Split
 from compressor.distill.pairs import find_pairs

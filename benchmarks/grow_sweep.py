@@ -39,7 +39,7 @@ def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> di
     dev = resolve_device(recipe.device)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
-    teacher = load_teacher(teacher_path, recipe.teacher.arch, data)
+    teacher, data = load_teacher(teacher_path, recipe.teacher.arch, data)
     student = build_student(recipe, teacher, data)
     uses_pairs = "at" in recipe.methods() or "feature" in recipe.methods()
     pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student.model, data.input_shape) if uses_pairs else []

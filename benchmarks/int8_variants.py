@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compressor.core.device import cpu_has_vnni, environment  # noqa: E402
-from compressor.data.batches import Normalize  # noqa: E402
+from compressor.data.transform import Normalize  # noqa: E402
 from compressor.data.datasets import load_data  # noqa: E402
 from compressor.data.splits import stratified_indices  # noqa: E402
 from compressor.export.int8 import quantize_int8  # noqa: E402

@@ -37,7 +37,7 @@ import time
 import torch
 from torch.nn import functional as F
 
-from compressor.data.batches import Normalize, augment_batch
+from compressor.data.transform import Normalize, augment_batch
 from compressor.distill.at import channel_energy
 from compressor.distill.kd import soft_target_loss
 from compressor.distill.points import FeatureTap

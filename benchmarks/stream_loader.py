@@ -121,7 +121,7 @@ def run_measured(cmd: list[str], env: dict) -> dict:
 
 
 def loader_alone(folder: Path, images: int, workers: int) -> dict:
-    from compressor.data.batches import Normalize
+    from compressor.data.transform import Normalize
     from compressor.data.datasets import load_data
     from compressor.data.streaming import StreamBatches
     from compressor.recipe.schema import DataConfig
