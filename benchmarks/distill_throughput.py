@@ -55,7 +55,8 @@ from compressor.data.splits import Split
 from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
 from compressor.recipe.load import load_recipe
-from compressor.train.loop import fit
+from compressor.train.loop import FitSpec, fit
+from compressor.train.state import StatePaths
 from compressor.train.optim import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,9 +204,9 @@ class Bench:
         student = create_model(STUDENT, self.data.num_classes, self.data.input_shape[0])
 
         def go() -> int:
-            result = fit(student, data, recipe, device=self.device, state_path=self.tmp / "train_state.pt",
-                metrics_path=self.tmp / "metrics.jsonl", role="distill", teacher=teacher, pairs=self.pairs,
-                epochs=1)
+            result = fit(student, data, FitSpec.of(recipe, "distill", teacher, epochs=1),
+                StatePaths(self.tmp / "train_state.pt", self.tmp / "metrics.jsonl"), device=self.device,
+                teacher=teacher, pairs=self.pairs)
             if recipe is self.recipe:
                 self.loop_img_s.append(result.images_per_second)  # fit's own figure: the epoch loop alone
             return n

@@ -31,7 +31,8 @@ from compressor.models.measure import count_params  # noqa: E402
 from compressor.recipe.load import load_recipe  # noqa: E402
 from compressor.students.build import build_student  # noqa: E402
 from compressor.teachers.load import load_teacher  # noqa: E402
-from compressor.train.loop import fit  # noqa: E402
+from compressor.train.loop import FitSpec, fit  # noqa: E402
+from compressor.train.state import StatePaths  # noqa: E402
 
 
 def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> dict:
@@ -45,8 +46,9 @@ def run(teacher_path: Path, recipe_path: Path, sets: list[str], seed: int) -> di
     pairs = find_pairs(recipe.distill.at.pairs, teacher.model, student.model, data.input_shape) if uses_pairs else []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = fit(student.model, data, recipe, device=dev, state_path=Path(tmp) / "state.pt",
-                     metrics_path=Path(tmp) / "metrics.jsonl", role="distill", teacher=teacher.model, pairs=pairs)
+        result = fit(student.model, data, FitSpec.of(recipe, "distill", teacher.model),
+                     StatePaths(Path(tmp) / "state.pt", Path(tmp) / "metrics.jsonl"), device=dev,
+                     teacher=teacher.model, pairs=pairs)
         seconds = time.perf_counter() - t0
     test = evaluate(result.model, batches_for(data.test, data, dev, recipe), dev)
     return {"seed": seed, "accuracy": test["accuracy"], "val_accuracy": result.best_val_accuracy,

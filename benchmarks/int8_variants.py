@@ -62,8 +62,8 @@ def main() -> int:
                     ratio, interval = speedups(timed["fp32"], timed["int8"])
                     row = {"model": model, "format": fmt, "reduce_range": reduce, "accuracy": acc,
                            "fp32_accuracy": fp32_acc,
-                           "p50_ms": {b: timed["int8"][b]["p50_ms"] for b in ratio},
-                           "fp32_p50_ms": {b: timed["fp32"][b]["p50_ms"] for b in ratio},
+                           "p50_ms": {b: timed["int8"][b].p50_ms for b in ratio},
+                           "fp32_p50_ms": {b: timed["fp32"][b].p50_ms for b in ratio},
                            "speedup_vs_fp32": ratio, "speedup_interval": interval}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -8,7 +8,7 @@ Each model is exported with compressor.export (the file `compress distill` ships
 compressor.export.sessions (the session `compress verify` times); the same seeded random inputs go to onnxruntime and to
 the PyTorch module (eval, inference_mode, fp32, contiguous), both with the same number of intra-op threads. Per
 model, backend and batch size: p50 / p90 / mean in ms and images/s from the p50, by the same rule as
-runtime.measure_latency (warm-up, then at least --min-runs calls and --min-seconds). The measurements alternate
+verify.latency.measure_latency (warm-up, then at least --min-runs calls and --min-seconds). The measurements alternate
 model by model in one process, eager before onnxruntime. A table goes to stderr; the last line of stdout is one
 JSON object.
 """
@@ -61,7 +61,7 @@ def load(path: Path | None, arch: str) -> tuple[torch.nn.Module, str, tuple[int,
 
 def eager_latency(model: torch.nn.Module, batch_sizes, input_shape, *, warmup: int, min_runs: int,
                   min_seconds: float, seed: int = 0) -> dict[str, dict]:
-    """runtime.measure_latency's rule and inputs, for the PyTorch module itself."""
+    """verify.latency.measure_latency's rule and inputs, for the PyTorch module itself."""
     rng = np.random.default_rng(seed)
     out = {}
     with torch.inference_mode():
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
                 session = create_session(onnx_path, threads=args.threads, device="cpu")
                 meta = latency_meta(session)
                 ort_latency = measure_latency(session, args.batch_sizes, shape, **timing)
-                results[role] = {"model": name, "onnxruntime": ort_latency, "pytorch_eager": eager}
+                results[role] = {"model": name, "onnxruntime": {b: st.model_dump() for b, st in ort_latency.items()},
+                                 "pytorch_eager": eager}
                 del session
     except CompressorError as e:
         for problem in e.problems:

@@ -1,7 +1,9 @@
 """compressor: distil a small, fast CNN from a large one with attention transfer + KD, export it to ONNX,
 and prove it with onnxruntime.
 
-The public Python API (see CONTRACT.md): `attention_map`, `at_loss`, `kd_loss`, `load_recipe`.
+The public Python API (the contract's, as the README's "The method, as implemented" shows): `attention_map`,
+`at_loss`, `kd_loss`, `load_recipe`; the jobs themselves are `compressor.jobs.distill.distill` & co., with typed
+results (`compressor.report.models`).
 """
 
 from .distill.at import at_loss, attention_map

@@ -24,7 +24,8 @@ from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
 from compressor.models import checkpoint, create_model
 from compressor.recipe.load import load_recipe
-from compressor.train.loop import fit
+from compressor.train.loop import FitSpec, fit
+from compressor.train.state import StatePaths
 
 RECIPE = Path(__file__).resolve().parent / "smoke.yaml"
 
@@ -51,7 +52,7 @@ def main() -> None:
         torch.set_default_dtype(torch.float64)
 
     recipe = load_recipe(RECIPE, args.sets)
-    device = distributed.setup(torch.device("cpu"), recipe)
+    device = distributed.setup(torch.device("cpu"), recipe.train)
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     teacher, _ = checkpoint.load_model(args.teacher)
@@ -62,8 +63,9 @@ def main() -> None:
     pairs = find_pairs("auto", teacher, student, data.input_shape)
     args.out.mkdir(parents=True, exist_ok=True)
     result = fit(
-        student, data, recipe, device=device, state_path=args.out / "train_state.pt",
-        metrics_path=args.out / "metrics.jsonl", role="distill", teacher=teacher, pairs=pairs, resume=args.resume,
+        student, data, FitSpec.of(recipe, "distill", teacher),
+        StatePaths(args.out / "train_state.pt", args.out / "metrics.jsonl"), device=device, teacher=teacher,
+        pairs=pairs, resume=args.resume,
     )
     if distributed.finish():
         torch.save(result.model.state_dict(), args.out / "params.pt")

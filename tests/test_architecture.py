@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,86 @@ def test_modules_stay_small_or_say_why(path):
     lines = len(path.read_text().splitlines())
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
     assert lines <= 300 or "300 lines" in doc, f"{lines} lines: split it, or say in its docstring why not"
+
+
+def declared_imports(package: str) -> set[str] | None:
+    """The packages a package's docstring says it may import ("May import core, models and data (why)."), the
+    empty set for one that "imports nothing else", None for one that may import everything below it."""
+    doc = " ".join((ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text())) or "").split())
+    if "Imports nothing else from compressor" in doc:
+        return set()
+    m = re.search(r"May import ([^.;]*)[.;]", doc)
+    assert m, f"{package}/__init__.py: no 'May import ...' line (or 'Imports nothing else from compressor')"
+    text = m.group(1)
+    if text.startswith(("everything", "every ")):
+        listed = re.search(r"\(([^)]*)\)", text)
+        return None if listed is None else set(re.findall(r"[a-z]+", listed.group(1))) & set(layers())
+    text = re.sub(r"\([^)]*\)", "", text)  # the reasons in parentheses
+    return {w for w in re.findall(r"[a-z]+", text) if w != "and"}
+
+
+@pytest.mark.parametrize("package", layers())
+def test_each_package_imports_what_its_docstring_says(package):
+    """The docstring's "May import ..." line is the package's real dependencies: none missing, none stale."""
+    declared = declared_imports(package)
+    actual = {t for path in (PACKAGE / package).rglob("*.py") for _, t in imported_packages(path)} - {package, ""}
+    if declared is None:  # "everything (below it)": the one-way order is the rule
+        return
+    assert actual == declared, (f"{package}/: imports {sorted(actual)}, its docstring says {sorted(declared)}; "
+                                "update one of them")
+
+
+def module_graph(package: str) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports (anywhere in it, functions included)."""
+    graph = {}
+    for path in (PACKAGE / package).rglob("*.py"):
+        own = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = own.split(".")[: len(own.split(".")) - node.level] if node.level else []
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])]) if node.level else node.module
+                mod = (mod or "").removeprefix("compressor.")
+                names = [f"{mod}.{a.name}" for a in node.names] + [mod]
+            elif isinstance(node, ast.Import):
+                names = [a.name.removeprefix("compressor.") for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == package and len(parts) > 1:
+                    found.add(".".join(parts[:2]))
+        graph[".".join(own.split(".")[:2])] = found - {".".join(own.split(".")[:2])}
+    return graph
+
+
+@pytest.mark.parametrize("package", layers())
+def test_no_import_cycle_inside_a_package(package):
+    graph = module_graph(package)
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in graph:
+                continue  # a name imported from the package's __init__, not a module
+            if state.get(nxt) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*path, node, nxt][path.index(nxt) if nxt in path else 0:])}")
+            if state.get(nxt) is None:
+                visit(nxt, [*path, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state.get(node) is None:
+            visit(node, [])
+
+
+def test_the_cycle_check_sees_a_cycle(tmp_path, monkeypatch):
+    pkg = tmp_path / "compressor" / "data"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""x."""\n')
+    (pkg / "a.py").write_text("from compressor.data.b import x\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import y\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "compressor")
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycle_inside_a_package("data")

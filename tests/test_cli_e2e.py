@@ -8,19 +8,27 @@ import onnxruntime as ort
 import torch
 
 from compressor.models.checkpoint import load_model
+from compressor.report.models import DistillReport
 
 from .conftest import RECIPE, run_cli, sets
 
-REPORT_KEYS = {
-    "passed": None,
-    "teacher": {"arch", "params", "flops", "accuracy", "onnx_accuracy"},
+# the contract's report.json keys (../shared/CONTRACT.md): the typed report must carry every one of them
+CONTRACT = {
+    "passed": None, "teacher": {"arch", "params", "flops", "accuracy", "onnx_accuracy"},
     "student": {"arch", "params", "flops", "accuracy", "onnx_accuracy"},
     "distillation": {"methods", "pairs", "epochs", "train_seconds", "images_per_second"},
     "export": {"path", "opset", "max_abs_diff", "dynamic_batch"},
-    "latency": {"provider", "threads", "teacher", "student", "speedup"},
-    "gates": None,
+    "latency": {"provider", "threads", "teacher", "student", "speedup"}, "gates": None,
     "environment": {"python", "torch", "onnx", "onnxruntime", "device", "cpu"},
 }
+
+
+def test_the_report_model_carries_the_contract():
+    fields = DistillReport.model_fields
+    for key, sub in CONTRACT.items():
+        assert key in fields, key
+        if sub:
+            assert sub <= set(fields[key].annotation.model_fields), (key, sub)
 
 
 def test_help_lists_the_commands():
@@ -49,19 +57,23 @@ def test_distill_end_to_end(teacher_ckpt, tmp_path):
     assert not list(out.glob("*.onnx.data")) and not list(out.glob(".*.tmp"))
 
     report = json.loads((out / "report.json").read_text())
-    for key, sub in REPORT_KEYS.items():
-        assert key in report, key
-        if sub:
-            assert sub <= set(report[key]), (key, sub - set(report[key]))
-    assert report["distillation"]["methods"] == ["kd", "at"]
-    assert [p["student"] for p in report["distillation"]["pairs"]] == ["group0", "group1", "group2"]
-    assert report["distillation"]["pairs"][0]["shape"] == [16, 28, 28]
-    assert report["student"]["params"] < report["teacher"]["params"] / 3
-    assert report["export"]["max_abs_diff"] <= 1e-4
-    assert abs(report["student"]["accuracy"] - report["student"]["onnx_accuracy"]) <= 0.1
-    assert set(report["latency"]["student"]) == {"1", "3"}
-    assert {g["name"] for g in report["gates"]} >= {"max_abs_diff", "onnx_accuracy_agreement"}
-    assert report["passed"] is True
+    # report.json is the typed report, field for field, and validates against the published JSON Schema
+    typed = DistillReport.model_validate(report)
+    assert typed.model_dump(mode="json") == report
+    import jsonschema
+
+    schema = run_cli("report", "schema", "distill")
+    assert schema.returncode == 0
+    jsonschema.validate(report, json.loads(schema.stdout))
+    assert typed.distillation.methods == ["kd", "at"]
+    assert [p.student for p in typed.distillation.pairs] == ["group0", "group1", "group2"]
+    assert typed.distillation.pairs[0].shape == [16, 28, 28]
+    assert typed.student.params < typed.teacher.params / 3
+    assert typed.export.max_abs_diff <= 1e-4
+    assert abs(typed.student.accuracy - typed.student.onnx_accuracy) <= 0.1
+    assert set(typed.latency.student) == {"1", "3"}
+    assert {g.name for g in typed.gates} >= {"max_abs_diff", "onnx_accuracy_agreement"}
+    assert typed.passed is True
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and {"kd", "ce", "at.group0", "at.group1", "at.group2", "total"} <= set(rows[0]["train_loss"])
@@ -71,7 +83,8 @@ def test_distill_end_to_end(teacher_ckpt, tmp_path):
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["compressor.classes"])[9] == "Ankle boot"
     assert json.loads(meta["compressor.preprocess"]) == {"size": [28, 28], "channels": 1, "scale": 1 / 255,
-                                                         "mean": report["data"]["mean"], "std": report["data"]["std"]}
+                                                         "mean": typed.data.mean, "std": typed.data.std}
+    assert typed.data.preprocess == json.loads(meta["compressor.preprocess"])  # one record, written twice
     # `compress export` of the student checkpoint writes the very metadata distill wrote (from the checkpoint)
     exported = tmp_path / "again.onnx"
     r = run_cli("export", out / "student.pt", "--out", exported)

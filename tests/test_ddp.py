@@ -75,10 +75,16 @@ def test_setup_checks_the_recipe_against_the_world(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     cpu = torch.device("cpu")
     with pytest.raises(UserError, match="train.batch_size: 127 is the global batch and must divide evenly over 2"):
-        distributed.setup(cpu, load_recipe(RECIPE, ["train.batch_size=127"]))
+        distributed.setup(cpu, load_recipe(RECIPE, ["train.batch_size=127"]).train)
     with pytest.raises(UserError, match="train.sync_bn: SyncBatchNorm needs CUDA"):
-        distributed.setup(cpu, load_recipe(RECIPE, ["train.sync_bn=true"]))
+        distributed.setup(cpu, load_recipe(RECIPE, ["train.sync_bn=true"]).train)
     assert not distributed.active()  # nothing was joined
+    # the terms that are not data-parallel yet say so themselves (distill.objective), before any data is loaded
+    from compressor.distill.objective import check_data_parallel
+
+    with pytest.raises(UserError, match="distill.grad_at: not supported with several processes yet"):
+        check_data_parallel(load_recipe(RECIPE, ["distill.grad_at.enabled=true"]).distill, 2)
+    check_data_parallel(load_recipe(RECIPE, ["distill.grad_at.enabled=true"]).distill, 1)
 
 
 def test_sync_batchnorm_is_undone_for_export():

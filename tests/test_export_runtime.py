@@ -167,10 +167,10 @@ def test_latency_statistics(session):
     latency = measure_latency(session, [1, 8], SHAPE, warmup=2, min_runs=5, min_seconds=0.0)
     assert set(latency) == {"1", "8"}
     for stats in latency.values():
-        assert set(stats) == {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "runs", "throughput",
-                              "round_p50_ms"}
-        assert 0 < stats["min_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
-        assert stats["runs"] >= 5 and stats["stdev_ms"] >= 0 and stats["throughput"] > 0
+        assert set(stats.model_dump()) == {"p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms", "min_ms", "runs",
+                                           "throughput", "round_p50_ms"}
+        assert 0 < stats.min_ms <= stats.p50_ms <= stats.p90_ms <= stats.p99_ms
+        assert stats.runs >= 5 and stats.stdev_ms >= 0 and stats.throughput > 0
     assert latency_meta(session) == {
         "provider": "CPUExecutionProvider", "threads": 1, "graph_optimization": "all",
         "io_binding": False, "onnxruntime": ort.__version__,

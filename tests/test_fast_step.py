@@ -19,7 +19,8 @@ from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
 from compressor.recipe.load import load_recipe
 from compressor.train import setup as train_setup
-from compressor.train.loop import fit
+from compressor.train.loop import FitSpec, fit
+from compressor.train.state import StatePaths
 
 from .conftest import RECIPE, ROOT
 
@@ -48,8 +49,9 @@ def distil(setup, tmp_path, **recipe_train) -> tuple[list[dict], torch.nn.Module
     student = create_model("wrn-16-1", data.num_classes, 1)
     shape = data.input_shape
     pairs = find_pairs("auto", teacher, student, shape)
-    result = fit(student, data, recipe, device=torch.device("cpu"), state_path=tmp_path / "state.pt",
-                         metrics_path=tmp_path / "metrics.jsonl", role="distill", teacher=teacher, pairs=pairs)
+    result = fit(student, data, FitSpec.of(recipe, "distill", teacher),
+                 StatePaths(tmp_path / "state.pt", tmp_path / "metrics.jsonl"), device=torch.device("cpu"),
+                 teacher=teacher, pairs=pairs)
     return result.history, result.model
 
 

@@ -55,7 +55,8 @@ def test_adapters_are_trained_with_the_student():
     torch.manual_seed(0)
     student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1).eval()
     on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false"])
-    objective = Objective.build(on, student, teacher, wrn_pairs(teacher, student), CPU)
+    objective = Objective.build(on.distill, on.train.milestones, student, teacher, wrn_pairs(teacher, student),
+                                CPU)
     assert objective.uses_features and not objective.needs_input_grad and objective.trainable is not None
     opt, _ = build_optimizer(objective.optimized(student), recipe.train, 1, 1)
     in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
@@ -88,13 +89,13 @@ def test_adapters_are_trained_with_the_student():
 def test_the_objective_holds_only_the_enabled_terms():
     student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1)
     pairs = wrn_pairs(teacher, student)
-    default = Objective.build(load_recipe(RECIPE), student, teacher, pairs, CPU)  # the smoke recipe: AT + KD
+    default = Objective.build(load_recipe(RECIPE).distill, [], student, teacher, pairs, CPU)  # smoke: AT + KD
     assert default.names == ["kd", "ce", "at.group0", "at.group1", "at.group2"] and default.trainable is None
     on = load_recipe(RECIPE, ["distill.feature.enabled=true", "distill.grad_at.enabled=true", "distill.grad_at.flip=true"])
-    assert Objective.build(on, student, teacher, pairs, CPU).names == [
+    assert Objective.build(on.distill, on.train.milestones, student, teacher, pairs, CPU).names == [
         "kd", "ce", *(f"at.group{i}" for i in range(3)), *(f"feat.group{i}" for i in range(3)), "grad_at", "grad_at.flip"]
     # without a teacher (a teacher trained from scratch) every method is off: cross-entropy alone
-    alone = Objective.build(on, student, None, [], CPU)
+    alone = Objective.build(on.distill, on.train.milestones, student, None, [], CPU)
     assert alone.names == ["ce"] and not alone.needs_teacher and alone.trainable is None
 
 
@@ -145,7 +146,8 @@ def test_a_new_term_is_one_builder_in_the_registry(monkeypatch, tmp_path):
     from compressor.data.datasets import load_data
     from compressor.distill import objective as objective_module
     from compressor.distill.terms import Reads, Weight
-    from compressor.train.loop import fit
+    from compressor.train.loop import FitSpec, fit
+    from compressor.train.state import StatePaths
 
     from .conftest import ROOT
 
@@ -162,8 +164,8 @@ def test_a_new_term_is_one_builder_in_the_registry(monkeypatch, tmp_path):
                                   "train.epochs=1", "train.batch_size=64"])
     data = load_data(recipe.data, recipe.seed)
     student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1).eval()
-    result = fit(student, data, recipe, device=CPU, state_path=tmp_path / "state.pt",
-                 metrics_path=tmp_path / "metrics.jsonl", role="distill", teacher=teacher,
+    result = fit(student, data, FitSpec.of(recipe, "distill", teacher),
+                 StatePaths(tmp_path / "state.pt", tmp_path / "metrics.jsonl"), device=CPU, teacher=teacher,
                  pairs=find_pairs("auto", teacher, student, data.input_shape))
     terms = result.history[0]["train_loss"]
     assert list(terms) == ["kd", "ce", "at.group0", "at.group1", "at.group2", "logit_norm", "total"]

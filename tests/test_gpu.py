@@ -60,7 +60,7 @@ def test_distill_loss_under_bf16_autocast_matches_fp32():
     x = torch.randn(64, 1, 28, 28, device=dev)
     y = torch.randint(0, 10, (64,), device=dev)
     pairs = find_pairs("auto", teacher, student, (1, 28, 28))
-    loss = Objective.build(load_recipe(RECIPE), student, teacher, pairs, dev)
+    loss = Objective.build(load_recipe(RECIPE).distill, [], student, teacher, pairs, dev)
 
     def terms(autocast: bool) -> dict[str, torch.Tensor]:
         with torch.autocast("cuda", dtype=dtype, enabled=autocast):

@@ -172,11 +172,12 @@ def test_beta_schedules():
     # step without its own milestones follows the learning rate's
     r = load_recipe(RECIPE, ["distill.at.beta_schedule=step", "train.milestones=[3]", "distill.at.beta_gamma=0.5"])
     student, teacher = create_model("wrn-10-1", 10, 1), create_model("wrn-10-2", 10, 1)
-    objective = Objective.build(r, student, teacher, find_pairs("auto", teacher, student, (1, 28, 28)),
-                                torch.device("cpu"))
+    pairs = find_pairs("auto", teacher, student, (1, 28, 28))
+    objective = Objective.build(r.distill, r.train.milestones, student, teacher, pairs, torch.device("cpu"))
     weights = [t.weight for t in objective.terms if t.name.startswith("at.")]
     assert len(weights) == 3 and [weights[0].at(e, 6) for e in (2, 3)] == [1000.0, 500.0]
-    with pytest.raises(UserError, match="beta_schedule: step needs"):
+    assert r.distill.at.beta_schedule == "multistep"  # step is multistep's other name, as for train.schedule
+    with pytest.raises(UserError, match="beta_schedule: multistep needs"):
         load_recipe(RECIPE, ["distill.at.beta_schedule=step"])
     with pytest.raises(UserError, match="distill.at.beta_schedule"):
         load_recipe(RECIPE, ["distill.at.beta_schedule=linear"])

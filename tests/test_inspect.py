@@ -11,7 +11,7 @@ from compressor.core.errors import UserError
 from compressor.distill.pairs import pair_explicit
 from compressor.distill.points import all_points, candidate_points
 from compressor.models import create_model
-from compressor.recipe.schema import Pair
+from compressor.recipe.schema import PairSpec
 
 from .conftest import RECIPE, sets
 
@@ -84,7 +84,7 @@ def test_inspect_rejects_what_it_cannot_open(cli, tmp_path):
     for bad in ("1,28", "0,28,28"):
         r = subprocess.run([sys.executable, "-O", "-m", "compressor", "inspect", "wrn-16-2", "--input-shape", bad],
                            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and "--input-shape: expected C,H,W" in r.stderr, (bad, r.stderr)
+        assert r.returncode == 2 and "Invalid value for '--input-shape': expected C,H,W" in r.stderr, (bad, r.stderr)
 
 
 def test_discovery_finds_the_declared_stages():
@@ -109,14 +109,14 @@ def test_discovery_on_a_model_without_feature_info():
 def test_explicit_pairs_match_paths_with_wildcards():
     shape = (3, 64, 64)
     t, s = all_points(create_model("resnet34", 10, 3), shape), all_points(create_model("resnet18", 10, 3), shape)
-    pairs = pair_explicit([Pair(teacher="layer*", student="layer*")], t, s)
+    pairs = pair_explicit([PairSpec(teacher="layer*", student="layer*")], t, s)
     assert [(p.teacher.module, p.student.module) for p in pairs] == [(f"layer{i}", f"layer{i}") for i in range(1, 5)]
-    pairs = pair_explicit([Pair(teacher="layer3.5", student="layer3.1.bn2")], t, s)  # any module with a 4-D output
+    pairs = pair_explicit([PairSpec(teacher="layer3.5", student="layer3.1.bn2")], t, s)  # any module with a 4-D output
     assert [(p.teacher.module, p.student.module, p.teacher.shape) for p in pairs] == [
         ("layer3.5", "layer3.1.bn2", (256, 4, 4))]
     assert pairs[0].name == "layer3.1.bn2"  # terms are named after the student point: at.layer3.1.bn2
     with pytest.raises(UserError, match="'layer9' matches no module with a 4-D output; valid: conv1, bn1, relu"):
-        pair_explicit([Pair(teacher="layer9", student="layer1")], t, s)
+        pair_explicit([PairSpec(teacher="layer9", student="layer1")], t, s)
 
 
 def test_a_pair_that_matches_nothing_fails_with_the_valid_paths(cli, teacher_ckpt, tmp_path):

@@ -82,7 +82,7 @@ def test_gradients_reach_the_student_only():
         t_feat = teacher(x)
     logits_s, logits_t = s_feat.mean((2, 3)), t_feat.mean((2, 3))[:, :4]
     pair = Pair("g0", Point("t", (8, 8, 8), 1), Point("g0", (4, 8, 8), 1))
-    objective = Objective.build(load_recipe(RECIPE), student, teacher, [pair], torch.device("cpu"))
+    objective = Objective.build(load_recipe(RECIPE).distill, [], student, teacher, [pair], torch.device("cpu"))
     loss = objective(Step(x, torch.tensor([0, 1]), logits_s, logits_t, [s_feat], [t_feat]))
     assert list(loss) == ["kd", "ce", "at.g0", "total"]
     torch.testing.assert_close(loss["total"], loss["kd"] + loss["ce"] + loss["at.g0"])
@@ -94,7 +94,8 @@ def test_gradients_reach_the_student_only():
 
 def test_without_teacher_the_loss_is_cross_entropy():
     logits, y = torch.randn(4, 10), torch.tensor([1, 2, 3, 4])
-    objective = Objective.build(load_recipe(RECIPE), torch.nn.Linear(10, 10), None, [], torch.device("cpu"))
+    objective = Objective.build(load_recipe(RECIPE).distill, [], torch.nn.Linear(10, 10), None, [],
+                                torch.device("cpu"))
     terms = objective(Step(torch.zeros(4, 10), y, logits))
     assert list(terms) == ["ce", "total"]
     torch.testing.assert_close(terms["total"], F.cross_entropy(logits, y))

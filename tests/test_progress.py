@@ -28,7 +28,7 @@ def test_a_distillation_reports_its_phases_and_every_step(tmp_path, small_teache
     assert all(e.steps == 5 and e.epochs == 2 and e.images_per_second > 0 and "total" in e.losses for e in steps)
     assert steps[-1].eta_seconds == 0 and all(e.eta_seconds > 0 for e in steps[:-1])
     rows = [e.metrics for e in events if e.metrics is not None]
-    assert [r["epoch"] for r in rows] == [1, 2] == [h["epoch"] for h in report["distillation"]["history"]]
+    assert [r["epoch"] for r in rows] == [1, 2] == [h["epoch"] for h in report.distillation.history]
 
 
 def test_cancelling_stops_like_sigterm_and_resume_finishes(tmp_path, small_teacher):
@@ -42,7 +42,7 @@ def test_cancelling_stops_like_sigterm_and_resume_finishes(tmp_path, small_teach
     assert "cancelled at epoch 2 step 4" in str(stopped.value) and "--resume" in str(stopped.value)
     assert (tmp_path / "run" / "train_state.pt").exists() and not (tmp_path / "run" / "report.json").exists()
     resumed = distill(small_teacher, recipe, tmp_path / "run", resume=True)
-    assert resumed["distillation"]["resumed_from_epoch"] == 2
+    assert resumed.distillation.resumed_from_epoch == 2
 
 
 def test_cancelling_between_phases_says_how_to_go_on(tmp_path, small_teacher):

@@ -215,7 +215,7 @@ def test_verify_scores_and_times_a_fixed_batch_torchvision_export(third_party, t
     assert r.exit_code == 0, r.output
     assert "batch size 8: not timed (the model has a fixed batch size of 1)" in r.output
     result = json.loads(out.read_text())
-    assert set(result["latency"]["student"]) == {"1"} and "8" in result["latency"]["skipped_batch_sizes"]
+    assert set(result["latency"]["model"]) == {"1"} and "8" in result["latency"]["skipped_batch_sizes"]
     assert result["batch_sizes"]["model"]["accepted"] == [1]
     assert result["test_images"] == 300 and 0 <= result["accuracy"]["model"] <= 100
     assert result["input"]["model"]["normalisation"] == "recipe data"  # no compressor.* metadata in the file

@@ -23,8 +23,14 @@ def test_export_then_verify_against_a_baseline(teacher_ckpt, tmp_path, cli):
     assert r.exit_code == 0, r.output
     assert "p50" in r.output and "speedup" in r.output
     result = json.loads(out.read_text())
-    assert set(result["latency"]["student"]) == {"1", "4"}
-    for row in result["latency"]["student"].values():
+    import jsonschema
+
+    from compressor.report.models import VerifyReport
+
+    jsonschema.validate(result, json.loads(cli("report", "schema", "verify").stdout))  # the published schema
+    assert VerifyReport.model_validate(result).model_dump(mode="json") == result
+    assert set(result["latency"]["model"]) == set(result["latency"]["baseline"]) == {"1", "4"}  # one vocabulary
+    for row in result["latency"]["model"].values():
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["runs"] >= 10
     # onnxruntime's accuracy on the same 300 test images is what PyTorch measured when training ended
     torch_accuracy = torch.load(teacher_ckpt, weights_only=True)["metrics"]["test_accuracy"]

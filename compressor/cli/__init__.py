@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from compressor.cli import ablate, distill, export, inspect, jobs, recipe, serve, submit, train, verify
+from compressor.cli import ablate, distill, export, inspect, jobs, recipe, report, serve, submit, train, verify
 from compressor.cli.common import Command, Group, version_callback
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("verify", cls=Command)(verify.verify)
 app.command("inspect", cls=Command)(inspect.inspect)
 app.command("ablate", cls=Command)(ablate.ablate)
 app.add_typer(recipe.app, name="recipe")
+app.add_typer(report.app, name="report")
 app.add_typer(serve.app, name="serve")
 app.command("submit", cls=Command)(submit.submit)
 app.add_typer(jobs.app, name="jobs")

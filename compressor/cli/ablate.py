@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, overrides
 
 
-@handle_errors
+class Init(str, Enum):
+    """Where the students of an --init axis come from (students.build)."""
+
+    scratch = "scratch"
+    teacher = "teacher"
+
+
 def ablate(
     teacher: Annotated[Path, typer.Argument(help="Teacher: a compressor checkpoint or a state_dict of teacher.arch.")],
     recipe: RecipeOption,
-    seeds: Annotated[int, typer.Option("--seeds", help="Runs per method (seeds recipe.seed, recipe.seed + 1, ...).")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", min=1, help="Runs per method (seeds recipe.seed, recipe.seed + 1, ...).")] = 3,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Output directory (default runs/<recipe name>-ablation).")
     ] = None,
@@ -28,8 +35,9 @@ def ablate(
                                     "f-actt, grad-at). Default: all.")
     ] = None,
     init: Annotated[
-        Optional[list[str]], typer.Option("--init", help="Student-init axis: scratch and/or teacher (repeat the "
-                                          "option); each method runs once per init. Default: the recipe's init.")
+        Optional[list[Init]], typer.Option(
+            "--init", help="Student-init axis: scratch and/or teacher (repeat the option); each method runs once per "
+            "init. Default: the recipe's init.")
     ] = None,
     init_set: Annotated[
         Optional[list[str]], typer.Option("--init-set", help="An override for one init only, INIT:key=value "
@@ -46,5 +54,5 @@ def ablate(
     sets = overrides(set_, device)
     r = load_recipe(recipe, sets)
     run_ablation(teacher, recipe, sets, seeds, out or Path("runs") / f"{r.name}-ablation", trust_teacher=trust_teacher,
-                 inits=[v for text in init or [] for v in text.split(",") if v] or None, init_sets=init_set or [],
+                 inits=list(dict.fromkeys(i.value for i in init)) if init else None, init_sets=init_set or [],
                  only=[m for m in (methods or "").split(",") if m] or None)

@@ -8,7 +8,7 @@ import os
 import signal
 import traceback
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -21,7 +21,8 @@ SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a recipe key: dotted.key=value (repeatable), validated like the file."),
 ]
-DeviceOption = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (default: the recipe's, auto)")]
+DeviceOption = Annotated[Optional[Literal["auto", "cpu", "cuda"]],
+                         typer.Option("--device", help="auto | cpu | cuda (default: the recipe's, auto)")]
 RecipeOption = Annotated[Path, typer.Option("--recipe", "-r", help="Recipe YAML file.")]
 
 
@@ -38,7 +39,12 @@ class _PlainFlags:
 
 
 class Command(_PlainFlags, TyperCommand):
-    """Every `compress` subcommand: a TyperCommand whose flags show without a type."""
+    """Every `compress` subcommand: a TyperCommand whose flags show without a type, and whose errors become
+    messages and exit codes (`errors_handled`) once, here, for every command."""
+
+    def invoke(self, ctx):
+        with errors_handled():
+            return super().invoke(ctx)
 
 
 class Group(_PlainFlags, TyperGroup):
@@ -59,31 +65,38 @@ def version_callback(value: bool) -> None:
     raise typer.Exit(0)
 
 
-def handle_errors(fn):
+@contextlib.contextmanager
+def errors_handled():
     """Run a command; a CompressorError becomes one line per problem and its exit code, never a traceback
     (unless COMPRESSOR_DEBUG=1). An OSError that escaped (a file the system refused) and running out of memory
     are bad input too: one line, exit 2. Ctrl-C and SIGTERM exit 130 (the training loop saves its state first)."""
+    try:
+        with _sigterm_interrupts():
+            yield
+    except CompressorError as e:
+        _report(e.problems, "error" if e.exit_code != EXIT_GATE else "failed")
+        raise typer.Exit(e.exit_code) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        _report([f"{where}{e.strerror or e}"], "error")
+        raise typer.Exit(EXIT_USAGE) from None
+    except (MemoryError, RuntimeError) as e:  # out of memory anywhere (an estimate is an estimate): exit 2
+        if not is_oom(e):
+            raise
+        _report([oom_message(e)], "error")
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        _report(["interrupted (files being written were discarded; finished ones are complete)"], "error")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def handle_errors(fn):
+    """`errors_handled` around a function (for code that runs a command's body outside `Command`)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            with _sigterm_interrupts():
-                return fn(*args, **kwargs)
-        except CompressorError as e:
-            _report(e.problems, "error" if e.exit_code != EXIT_GATE else "failed")
-            raise typer.Exit(e.exit_code) from None
-        except OSError as e:
-            where = f"{e.filename}: " if e.filename else ""
-            _report([f"{where}{e.strerror or e}"], "error")
-            raise typer.Exit(EXIT_USAGE) from None
-        except (MemoryError, RuntimeError) as e:  # out of memory anywhere (an estimate is an estimate): exit 2
-            if not is_oom(e):
-                raise
-            _report([oom_message(e)], "error")
-            raise typer.Exit(EXIT_USAGE) from None
-        except KeyboardInterrupt:
-            _report(["interrupted (files being written were discarded; finished ones are complete)"], "error")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        with errors_handled():
+            return fn(*args, **kwargs)
 
     return wrapper
 
@@ -114,15 +127,30 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, old)
 
 
-def check_device(device: str | None) -> None:
-    from compressor.core.errors import UserError
+class Shape(tuple):
+    """(C, H, W), as --input-shape gives it (a plain class: typer reads a tuple annotation as three arguments)."""
 
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device: must be auto, cpu or cuda (got {device!r})")
+
+def shape_option(text: str) -> Shape:
+    """--input-shape C,H,W (typer's parser: a bad value is a usage error naming the option, exit 2)."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:  # not an assert: `python -O` would drop it
+        raise typer.BadParameter(f"expected C,H,W such as 3,32,32, got {text!r}")
+    return Shape(shape)
+
+
+def forwarded_argv(command: str) -> list[str]:
+    """The command line this process was given, from `command` on (what `--nproc` hands each torchrun child)."""
+    import sys
+
+    args = sys.argv[1:]
+    return args[args.index(command):] if command in args else [command, *args]
 
 
 def overrides(sets: list[str] | None, device: str | None = None) -> list[str]:
-    check_device(device)
     out = list(sets or [])
     if device is not None:
         out.append(f"device={device}")

@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, forwarded_argv, overrides
 
 
-@handle_errors
 def distill(
     teacher: Annotated[Path, typer.Argument(help=(
         "Teacher: a compressor checkpoint, a state_dict of teacher.arch (registered, torchvision or timm:NAME), "
@@ -53,8 +52,7 @@ def distill(
     r = load_recipe(recipe, sets)
     if nproc > 1 and not distributed.launched():  # checked here, the launch is the children's business
         distributed.per_rank_batch(r.train.batch_size, nproc)
-        out = out or Path("runs") / r.name
-        flags = [f for f, on in (("--resume", resume), ("--force", force), ("--trust-teacher", trust_teacher)) if on]
-        argv = ["distill", str(teacher), "--recipe", str(recipe), "--out", str(out), *flags]
-        raise typer.Exit(distributed.launch(nproc, argv + [a for s in sets for a in ("--set", s)]))
+        # the children get the command line as given (a flag added to distill reaches them without a list here);
+        # under torchrun they see `launched()` and train instead of launching again
+        raise typer.Exit(distributed.launch(nproc, forwarded_argv("distill")))
     run_distill(teacher, r, out or Path("runs") / r.name, resume=resume, force=force, trust_teacher=trust_teacher)

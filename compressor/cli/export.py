@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import handle_errors
+from compressor.cli.common import Shape, shape_option
 
 
-@handle_errors
+
 def export(
     checkpoint: Annotated[Path, typer.Argument(help=(
         "A compressor checkpoint (teacher.pt, student.pt); also a state_dict with --arch, a TorchScript archive, "
@@ -24,7 +24,7 @@ def export(
                                                "logits' scale.")] = 1e-5,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out.")] = False,
     input_shape: Annotated[
-        Optional[str], typer.Option("--input-shape", help="C,H,W, for files that do not record it (TorchScript, state_dict).")
+        Optional[Shape], typer.Option("--input-shape", parser=shape_option, metavar="C,H,W", help="C,H,W, for files that do not record it (TorchScript, state_dict).")
     ] = None,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a state_dict file.")] = None,
     trust_teacher: Annotated[

@@ -6,17 +6,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import handle_errors
+from compressor.cli.common import Shape, shape_option
 
 
-@handle_errors
+
 def inspect(
     model: Annotated[str, typer.Argument(help=(
         "A model file (compressor checkpoint, state_dict with --arch, TorchScript archive, torch.export .pt2, "
         "pickled module with --trust-teacher) or a registered architecture name (wrn-16-2, resnet18, timm:NAME)."
     ))],
     input_shape: Annotated[
-        Optional[str], typer.Option("--input-shape", help="C,H,W of the dry forward (default: the file's own, else C,32,32).")
+        Optional[Shape], typer.Option("--input-shape", parser=shape_option, metavar="C,H,W", help="C,H,W of the dry forward (default: the file's own, else C,32,32).")
     ] = None,
     num_classes: Annotated[int, typer.Option("--num-classes", help="Classes, for an architecture name.")] = 10,
     arch: Annotated[Optional[str], typer.Option("--arch", help="Architecture of a state_dict file.")] = None,

@@ -8,13 +8,12 @@ from typing import Annotated
 
 import typer
 
-from compressor.cli.common import Command, Group, SetOption, handle_errors
+from compressor.cli.common import Command, Group, SetOption
 
 app = typer.Typer(cls=Group, help="Check recipes, print the recipe JSON Schema.", no_args_is_help=True)
 
 
 @app.command("validate", cls=Command)
-@handle_errors
 def validate(
     recipes: Annotated[list[Path], typer.Argument(help="Recipe files.")],
     set_: SetOption = None,
@@ -36,7 +35,6 @@ def validate(
 
 
 @app.command("schema", cls=Command)
-@handle_errors
 def schema() -> None:
     """Print the recipe JSON Schema (for editor completion)."""
     from compressor.recipe.load import recipe_schema

@@ -7,10 +7,9 @@ from typing import Annotated
 
 import typer
 
-from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, overrides
 
 
-@handle_errors
 def train(
     recipe: RecipeOption,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write, e.g. runs/teacher.pt")],

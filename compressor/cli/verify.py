@@ -7,10 +7,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from compressor.cli.common import DeviceOption, RecipeOption, SetOption, handle_errors, overrides
+from compressor.cli.common import DeviceOption, RecipeOption, SetOption, overrides
 
 
-@handle_errors
 def verify(
     model: Annotated[Path, typer.Argument(help="ONNX classifier to verify.")],
     recipe: RecipeOption,

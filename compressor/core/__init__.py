@@ -1,5 +1,6 @@
 """core/: what every stage uses and that knows nothing of the others: errors and exit codes (`errors`), atomic
-files (`fileio`), the console and progress bars (`progress`), devices and precision (`device`), multi-process
-runs (`distributed`), the run lock (`runlock`) and the one schedule helper (`schedule`). Imports nothing else
-from compressor.
+files (`fileio`) and the record of which files a run wrote (`runrecord`), a job's progress, cancellation and the
+terminal's bars (`progress`), devices and precision (`device`), memory (`memory`), how an image becomes a model's
+input (`preprocess`), multi-process runs (`distributed`), the run lock (`runlock`) and the one schedule helper
+(`schedule`). Imports nothing else from compressor.
 """

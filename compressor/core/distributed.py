@@ -64,21 +64,16 @@ def per_rank_batch(batch_size: int, world: int | None = None) -> int:
     return batch_size // world
 
 
-def setup(device: torch.device, recipe) -> torch.device:
+def setup(device: torch.device, train_cfg) -> torch.device:
     """Join torchrun's process group if this process was started by it; return this rank's device.
 
-    Checks the recipe against the world size first, so a bad batch size fails before any data is loaded.
+    Checks the recipe's train section against the world size first, so a bad batch size fails before any data is
+    loaded (what the loss terms support on several processes is distill.objective's to say).
     """
     if not launched():
         return device
     world, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
-    train_cfg = recipe.train
     per_rank_batch(train_cfg.batch_size, world)
-    # terms with trainable parts outside the student (F-ActT adapters) or double backward (gradient AT) have
-    # not been made data-parallel: their gradients would not be averaged over the ranks
-    unsupported = [k for k in ("grad_at", "feature") if k in recipe.methods()]
-    if unsupported and world > 1:
-        raise UserError(*(f"distill.{k}: not supported with several processes yet; run it in one" for k in unsupported))
     if device.type == "cuda":
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", local_rank + 1))
         if per_node > torch.cuda.device_count():  # the same verdict on every rank, so all exit alike

@@ -40,6 +40,18 @@ IMAGEFOLDER_SIZE = 224  # data.image_size: null for an ImageFolder: what ImageNe
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
+NATIVE_SHAPE = {"fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}  # (C, H, W) as stored
+
+
+def input_shape_of(cfg) -> tuple[int, int, int]:
+    """The (C, H, W) the models take for a recipe's data section, without loading it (an ImageFolder's
+    image_size / channels default to 224 / 3)."""
+    if cfg.name == "imagefolder":
+        return (cfg.channels or 3, cfg.image_size or IMAGEFOLDER_SIZE, cfg.image_size or IMAGEFOLDER_SIZE)
+    c, h, w = NATIVE_SHAPE[cfg.name]
+    return (cfg.channels or c, cfg.image_size or h, cfg.image_size or w)
+
+
 def default_root() -> Path:
     return Path(os.environ.get("COMPRESSOR_DATA", "data"))
 

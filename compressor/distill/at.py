@@ -91,10 +91,13 @@ class AttentionTerm(PairTerm):
         return at_loss(*self.outputs(step), self.p, self.mapping)
 
 
+DATA_PARALLEL = True
+
+
 def build(ctx) -> list[AttentionTerm]:
     """One term per pair, when `distill.at` is on (beta > 0) and there is a teacher and pairs."""
-    at = ctx.recipe.distill.at
+    at = ctx.distill.at
     if not ctx.on("at") or not ctx.pairs:
         return []
-    weight = Weight(at.beta, at.beta_schedule, at.beta_milestones or ctx.recipe.train.milestones, at.beta_gamma)
+    weight = Weight(at.beta, at.beta_schedule, at.beta_milestones or ctx.milestones, at.beta_gamma)
     return [AttentionTerm(pair.name, i, weight, at.p, at.mapping) for i, pair in enumerate(ctx.pairs)]

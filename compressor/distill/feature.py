@@ -56,10 +56,13 @@ class FeatureTerm(PairTerm):
         return feature_loss(*self.outputs(step), self.adapter)
 
 
+DATA_PARALLEL = False  # its 1x1 adapters train outside the student: DDP would not average them
+
+
 def build(ctx) -> list[FeatureTerm]:
     """One term per pair under `distill.feature` with a teacher, pairs and beta > 0; the adapters go to
     `ctx.trainable`, which the optimizer and the resume state take (the exported student never sees them)."""
-    f = ctx.recipe.distill.feature
+    f = ctx.distill.feature
     if not ctx.on("feature") or not ctx.pairs:
         return []
     adapters = FeatureAdapters.for_pairs(ctx.pairs).to(ctx.device)

@@ -108,12 +108,15 @@ class FlipInvariance(Reads):
         return gradient_distance(j_s, hflip(j_f))
 
 
+DATA_PARALLEL = False  # a double backward, which DDP's gradient averaging does not cover
+
+
 def build(ctx) -> list:
     """grad_at (and grad_at.flip) under `distill.grad_at` with a teacher and beta > 0.
 
     The extra forwards (the student's on flip(x), the teacher's when it runs again) also fire the training taps;
     their outputs are overwritten by the next step's forward before anyone reads them."""
-    g = ctx.recipe.distill.grad_at
+    g = ctx.distill.grad_at
     if not ctx.on("grad_at"):
         return []
     terms = [GradientAT(Weight(g.beta), ctx.teacher)]

@@ -60,9 +60,12 @@ class CrossEntropy(Reads):
         return F.cross_entropy(full(step.logits), step.labels)
 
 
+DATA_PARALLEL = True
+
+
 def build(ctx) -> list:
     """kd and ce under `distill.kd` with a teacher; ce alone otherwise (a teacher trained from scratch)."""
-    kd = ctx.recipe.distill.kd
+    kd = ctx.distill.kd
     if not ctx.on("kd"):
         return [CrossEntropy(Weight(1.0))]
     return [SoftTargets(Weight(kd.alpha), kd.temperature), CrossEntropy(Weight(1.0 - kd.alpha))]

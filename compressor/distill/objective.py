@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from compressor.core.errors import UserError
 from compressor.distill import at, feature, grad_at, kd
 from compressor.distill.pairs import Pair
 from compressor.distill.terms import Step, Term
@@ -27,6 +28,17 @@ TERMS: dict[str, Callable[["TermContext"], list[Term]]] = {
     "feature": feature.build,
     "grad_at": grad_at.build,
 }
+# whether each section's terms train correctly on several processes (DDP), as its module says: F-ActT's adapters are
+# trained outside the student and gradient AT differentiates twice, and neither has been made data-parallel yet
+DATA_PARALLEL = {"kd": kd.DATA_PARALLEL, "at": at.DATA_PARALLEL, "feature": feature.DATA_PARALLEL,
+                 "grad_at": grad_at.DATA_PARALLEL}
+
+
+def check_data_parallel(distill, world: int) -> None:
+    """Refuse, on several processes, a section whose terms are not data-parallel (before any data is loaded)."""
+    unsupported = [m for m in distill.methods() if not DATA_PARALLEL[m]] if world > 1 else []
+    if unsupported:
+        raise UserError(*(f"distill.{m}: not supported with several processes yet; run it in one" for m in unsupported))
 
 
 @dataclass
@@ -34,7 +46,8 @@ class TermContext:
     """What the term builders read. A builder whose terms have trainable parts (F-ActT's adapters) puts them
     in `trainable`."""
 
-    recipe: object  # the validated Recipe
+    distill: object  # the recipe's distill section (recipe.schema.DistillConfig)
+    milestones: Sequence[int]  # train.milestones: a step-decayed term weight's default milestones
     student: nn.Module
     teacher: nn.Module | None  # None: a model trained from scratch (cross-entropy only)
     pairs: Sequence[Pair]
@@ -42,8 +55,8 @@ class TermContext:
     trainable: nn.Module | None = None
 
     def on(self, method: str) -> bool:
-        """Whether the recipe turns `method` on (Recipe.methods: enabled, weight > 0) and there is a teacher."""
-        return self.teacher is not None and method in self.recipe.methods()
+        """Whether the recipe turns `method` on (DistillConfig.methods: enabled, weight > 0) and there is a teacher."""
+        return self.teacher is not None and method in self.distill.methods()
 
 
 class Objective:
@@ -64,9 +77,10 @@ class Objective:
         self.needs_teacher = any(t.needs_teacher for t in self.terms)
 
     @classmethod
-    def build(cls, recipe, student: nn.Module, teacher: nn.Module | None, pairs: Sequence[Pair],
-              device: torch.device, autocast=contextlib.nullcontext) -> "Objective":
-        ctx = TermContext(recipe, student, teacher, list(pairs), device)
+    def build(cls, distill, milestones: Sequence[int], student: nn.Module, teacher: nn.Module | None,
+              pairs: Sequence[Pair], device: torch.device, autocast=contextlib.nullcontext) -> "Objective":
+        """From the recipe's distill section (and train.milestones, for step-decayed weights)."""
+        ctx = TermContext(distill, list(milestones), student, teacher, list(pairs), device)
         terms = [term for build in TERMS.values() for term in build(ctx)]
         return cls(terms, ctx.trainable, autocast)
 

@@ -31,6 +31,7 @@ from compressor.core.errors import UserError, first_line
 from compressor.core.fileio import atomic_path
 from compressor.export.sessions import create_session, onnx_predict
 
+INPUT_NAME, OUTPUT_NAME = "input", "logits"  # what a deployment feeds and reads
 EXPORTER = f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"
 
 
@@ -53,8 +54,6 @@ def export_onnx(
     input_shape: tuple[int, int, int],
     opset: int = 18,
     metadata: dict[str, str] | None = None,
-    input_name: str = "input",
-    output_name: str = "logits",
 ) -> dict:
     """Export `model` ((N, C, H, W) -> (N, classes)) with a dynamic batch axis to one file at `path`.
 
@@ -72,8 +71,8 @@ def export_onnx(
             (example,),
             dynamo=True,
             opset_version=opset,
-            input_names=[input_name],
-            output_names=[output_name],
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             verbose=False,
         )
@@ -107,8 +106,8 @@ def export_onnx(
         "opset": opset,
         "dynamic_batch": True,
         "exporter": EXPORTER,
-        "input_name": input_name,
-        "output_name": output_name,
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
         "bytes": path.stat().st_size,
     }
 

@@ -25,12 +25,6 @@ from compressor.core.errors import UserError, first_line
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 # What onnxruntime raises when it cannot load a model (none of these derive from RuntimeError).
 _ORT_LOAD_ERRORS = (
     ort_state.Fail,
@@ -107,7 +101,7 @@ class Session:
     path: Path
     provider: str  # the provider that actually runs the graph, after any fallback
     threads: int  # intra-op threads
-    graph_optimization: str  # a key of OPTIMIZATION_LEVELS
+    graph_optimization: str  # onnxruntime's graph optimisation level: "all", what a deployment runs
     input_name: str
     output_name: str
     fixed_batch: int | None = None  # the batch size the file was exported with, if it is not dynamic
@@ -132,7 +126,6 @@ def create_session(
     *,
     threads: int | None = None,
     device: str = "auto",
-    optimization: str = "all",
 ) -> Session:
     """Validate `path` and open it with CUDA when available and `device` allows it, else on CPU.
 
@@ -141,14 +134,12 @@ def create_session(
     """
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"device: must be auto, cpu or cuda (got {device!r})")
-    if optimization not in OPTIMIZATION_LEVELS:
-        raise UserError(f"optimization: must be one of {', '.join(OPTIMIZATION_LEVELS)} (got {optimization!r})")
     require_provider(device)
     has_cuda = CUDA in ort.get_available_providers()
     check_onnx_file(path)
 
     options = ort.SessionOptions()
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # what a deployment runs
     options.intra_op_num_threads = threads or _available_cpus()
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to a user
     # TF32 off on CUDA, as PyTorch's evaluation has it: TF32 rounds convolution inputs to 10-bit mantissas and
@@ -166,7 +157,7 @@ def create_session(
         path=Path(path),
         provider=provider,
         threads=options.intra_op_num_threads,
-        graph_optimization=optimization,
+        graph_optimization="all",
         input_name=inner.get_inputs()[0].name,
         output_name=inner.get_outputs()[0].name,
         fixed_batch=_fixed(inner.get_inputs()[0].shape[0]),

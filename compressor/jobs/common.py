@@ -10,6 +10,7 @@ from compressor.core.errors import GateFailure, UserError
 from compressor.data.batches import Batches, make_batches
 from compressor.data.splits import DataBundle
 from compressor.recipe.schema import Recipe
+from compressor.verify.results import Gate
 
 
 def batches_for(split, data: DataBundle, device, recipe: Recipe, batch_size: int = 512) -> Batches:
@@ -28,12 +29,12 @@ def run_inputs(teacher: Path | None, recipe: Recipe) -> dict[str, Path]:
     return inputs
 
 
-def raise_failed(gates: list[dict]) -> None:
+def raise_failed(gates: list[Gate]) -> None:
     """After every artifact is written: exit 1 naming each failed gate."""
-    failed = [g for g in gates if not g["passed"]]
+    failed = [g for g in gates if not g.passed]
     if failed:
-        raise GateFailure(*(f"gate {g['name']} failed: value {_fmt(g['value'])}, limit {_fmt(g['limit'])}"
-                            + (f" ({g['detail']})" if g.get("detail") else "") for g in failed))
+        raise GateFailure(*(f"gate {g.name} failed: value {_fmt(g.value)}, limit {_fmt(g.limit)}"
+                            + (f" ({g.detail})" if g.detail else "") for g in failed))
 
 
 def _fmt(v) -> str:
@@ -51,15 +52,3 @@ def check_output(out: Path, inputs: list[Path | None], force: bool) -> None:
         raise UserError(f"--out: {out} is a directory; give a file name")
     if out.is_file() and not force:  # a device (/dev/null) is written in place, nothing is replaced
         raise UserError(f"--out: {out} exists; pass --force to overwrite it")
-
-
-def parse_shape(text: str | None, flag: str = "--input-shape") -> tuple[int, int, int] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) <= 0:  # not an assert: `python -O` would drop it
-        raise UserError(f"{flag}: expected C,H,W such as 3,32,32, got {text!r}")
-    return shape

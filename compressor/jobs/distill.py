@@ -17,6 +17,7 @@ from compressor.core.fileio import write_json, write_text
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
 from compressor.data.datasets import data_root, load_data
 from compressor.data.splits import DataBundle
+from compressor.distill.objective import check_data_parallel
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import modified_in_place
 from compressor.export.sessions import require_provider
@@ -28,11 +29,13 @@ from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
 from compressor.recipe.schema import Recipe, teacher_arch_given
 from compressor.report.figures import write_figures
+from compressor.report.models import DataSection, Distillation, DistillReport, ModelEntry
 from compressor.report.markdown import print_summary, render_markdown
 from compressor.students.build import Student, build_student, saved_entry
-from compressor.teachers.load import Teacher, load_teacher
-from compressor.train.loop import FitResult, fit
+from compressor.teachers.load import LoadedModel, load_teacher
+from compressor.train.loop import FitResult, FitSpec, fit
 from compressor.train.setup import check_memory
+from compressor.verify.results import Verification
 from compressor.verify.student import verify_student
 
 
@@ -56,7 +59,7 @@ def distill(
     trust_teacher: bool = False,
     progress: Listener | None = None,
     cancel: Callable[[], bool] | None = None,
-) -> dict:
+) -> DistillReport:
     """`compress distill`: the main job. Returns the report; raises GateFailure after writing it if a gate fails.
 
     `progress` gets the job's ProgressEvents (phase; epoch, step, img/s, ETA while it trains) beside the terminal's
@@ -64,7 +67,8 @@ def distill(
     saved for --resume, `Cancelled`, exit 130)."""
     started = time.perf_counter()
     paths = RunPaths(out)
-    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    dev = distributed.setup(resolve_device(device or recipe.device), recipe.train)  # joins torchrun's processes
+    check_data_parallel(recipe.distill, distributed.world_size())
     require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     parallel = distributed.describe(recipe.train)
     listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
@@ -76,7 +80,7 @@ def distill(
 
 
 def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, started: float, resume: bool,
-             trust_teacher: bool, reporter: Reporter) -> dict:
+             trust_teacher: bool, reporter: Reporter) -> DistillReport | None:
     paths = RunPaths(out)
     reporter.phase("loading", f"loading the data and the teacher {teacher_path}")
     distributed.on_main(remove_leftovers, paths)
@@ -89,35 +93,27 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
     pairs = _pairs(recipe, teacher, grown, data, dev)
     initial_student = {k: v.detach().clone() for k, v in grown.model.state_dict().items()}  # the "before" figure
-    result = fit(
-        grown.model, data, recipe, device=dev, state_path=paths.state, metrics_path=paths.metrics, role="distill",
-        teacher=teacher.model, pairs=pairs, resume=resume,
-        reporter=reporter,
-        checkpoint_extra=lambda: {"student": saved_entry(grown)},
-    )
+    result = fit(grown.model, data, FitSpec.of(recipe, "distill", teacher.model), paths, device=dev,
+                 teacher=teacher.model, pairs=pairs, resume=resume, reporter=reporter,
+                 checkpoint_extra=lambda: {"student": saved_entry(grown)})
     if not distributed.finish():  # the other ranks are done; rank 0 tests, exports, verifies and reports
-        return {}
+        return None
     reporter.phase("testing", "test accuracy of teacher and student in PyTorch")
     tested = _test_and_save(result, grown, teacher, teacher_path, data, recipe, out, dev)
-    report = _report(recipe, teacher, teacher_path, grown, data, pairs, result, tested, started)
-    report["distributed"] = parallel  # world size, global and per-rank batch, the lr they were trained with
     verified = verify_student(result.model, teacher.model, data, recipe, out, student_arch=grown.arch,
                               teacher_arch=teacher.arch, torch_predictions=tested["student"]["predictions"],
-                              reporter=reporter)
-    for role, accuracy in verified.pop("onnx_accuracy").items():
-        report[role]["onnx_accuracy"] = accuracy
-    report.update(verified)
-    report["environment"] = {**environment(dev), "onnxruntime_provider": report["latency"]["provider"]}
-    report["wall_seconds"] = time.perf_counter() - started
-    report["passed"] = all(g["passed"] for g in report["gates"])
+                              reporter=reporter, eval_batch=result.eval_batch)
+    report = _report(recipe, teacher, teacher_path, grown, data, pairs, result, tested, verified, parallel, dev,
+                     started)
     reporter.phase("reporting", "figures, report.json, report.md")
-    report["figures"] = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
+    figures = write_figures(out, report, teacher.model, result.model, initial_student, data, recipe, pairs)
+    report = report.model_copy(update={"figures": figures, "wall_seconds": time.perf_counter() - started})
     write_text(out / "report.md", render_markdown(report))
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", report.model_dump(mode="json"))
     print_summary(report)
-    reporter.emit("done", message="passed" if report["passed"] else "a gate failed")
-    console.print(f"outputs in {out}/: {', '.join(written_files(paths))}; deploy {report['shipped']}")
-    raise_failed(report["gates"])
+    reporter.emit("done", message="passed" if report.passed else "a gate failed")
+    console.print(f"outputs in {out}/: {', '.join(written_files(paths))}; deploy {report.shipped}")
+    raise_failed(report.gates)
     return report
 
 
@@ -129,7 +125,7 @@ def written_files(paths: RunPaths) -> list[str]:
     return [n for n in order if n in present]
 
 
-def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[DataBundle, Teacher]:
+def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[DataBundle, LoadedModel]:
     """The recipe's data and the teacher, which may bring its own normalisation."""
     teacher, data = load_teacher(teacher_path, recipe.teacher.arch, load_data(recipe.data, recipe.seed),
                                  trust=trust_teacher, arch_given=teacher_arch_given(recipe))
@@ -140,7 +136,7 @@ def _inputs(teacher_path: Path, recipe: Recipe, trust_teacher: bool) -> tuple[Da
     return data, teacher
 
 
-def _pairs(recipe: Recipe, teacher: Teacher, grown: Student, data: DataBundle, dev) -> list[Pair]:
+def _pairs(recipe: Recipe, teacher: LoadedModel, grown: Student, data: DataBundle, dev) -> list[Pair]:
     """The attention pairs, printed with the run's summary line."""
     student = grown.model
     uses_pairs = {"at", "feature"} & set(recipe.methods())  # the methods that read the attention points
@@ -161,7 +157,7 @@ def _pairs(recipe: Recipe, teacher: Teacher, grown: Student, data: DataBundle, d
     return pairs
 
 
-def _test_and_save(result: FitResult, grown: Student, teacher: Teacher, teacher_path: Path, data: DataBundle,
+def _test_and_save(result: FitResult, grown: Student, teacher: LoadedModel, teacher_path: Path, data: DataBundle,
                    recipe: Recipe, out: Path, dev) -> dict:
     """Both models' PyTorch test accuracy (the student's top-1 per image too); writes student.pt."""
     test_batches = batches_for(data.test, data, dev, recipe, result.eval_batch)
@@ -181,40 +177,43 @@ def _test_and_save(result: FitResult, grown: Student, teacher: Teacher, teacher_
     return {"teacher": t_test, "student": s_test}
 
 
-def _report(recipe: Recipe, teacher: Teacher, teacher_path: Path, grown: Student, data: DataBundle, pairs: list[Pair],
-            result: FitResult, tested: dict, started: float) -> dict:
-    """report.json's sections up to the distillation; verification adds the rest."""
+def _report(recipe: Recipe, teacher: LoadedModel, teacher_path: Path, grown: Student, data: DataBundle,
+            pairs: list[Pair], result: FitResult, tested: dict, verified: Verification, parallel: dict, dev,
+            started: float) -> DistillReport:
+    """report.json, from the stages' results."""
     model = result.model
-    return {
-        "passed": None,
-        "recipe": recipe.name,
-        "teacher": {
-            "arch": teacher.arch, "source": teacher.source, "path": str(teacher_path),
-            "params": count_params(teacher.model), "flops": count_flops(teacher.model, data.input_shape),
-            "accuracy": tested["teacher"]["accuracy"], "onnx_accuracy": None,
-        },
-        "student": {
-            "arch": grown.arch, "params": count_params(model), "flops": count_flops(model, data.input_shape),
-            "accuracy": tested["student"]["accuracy"], "onnx_accuracy": None, "sizing": grown.sizing,
-        },
-        "data": {"name": data.name, "train": len(data.train), "val": len(data.val) if data.val else 0,
-                 "test": len(data.test), "classes": data.classes, "mean": list(data.mean), "std": list(data.std),
-                 "loader": data.loader, "loader_reason": data.loader_reason,
-                 "normalisation": data.preprocess.normalisation, "preprocess": data.preprocess.metadata()},
-        "distillation": {
-            "methods": recipe.methods(),
-            "pairs": [pair.describe() for pair in pairs],
-            "beta": recipe.distill.at.beta if "at" in recipe.methods() else None,
-            "epochs": recipe.train.epochs,
-            "best_epoch": result.best_epoch,
-            "val_accuracy": result.best_val_accuracy,
-            "train_seconds": result.train_seconds,
-            "images_per_second": result.images_per_second,
-            "batch_size": recipe.train.batch_size,
-            "lr": recipe.train.lr,
-            "resumed_from_epoch": result.resumed_from,
-            "first_step_seconds": result.first_step_at - started if result.first_step_at is not None else None,
-            "amp": result.amp,
-            "history": result.history,
-        },
-    }
+    acc = verified.onnx_accuracy
+    return DistillReport(
+        passed=all(g.passed for g in verified.gates),
+        recipe=recipe.name,
+        teacher=ModelEntry(arch=teacher.arch, source=teacher.source, path=str(teacher_path),
+                           params=count_params(teacher.model), flops=count_flops(teacher.model, data.input_shape),
+                           accuracy=tested["teacher"]["accuracy"], onnx_accuracy=acc["teacher"]),
+        student=ModelEntry(arch=grown.arch, params=count_params(model), flops=count_flops(model, data.input_shape),
+                           accuracy=tested["student"]["accuracy"], onnx_accuracy=acc["student"], sizing=grown.sizing),
+        data=DataSection(name=data.name, train=len(data.train), val=len(data.val) if data.val else 0,
+                         test=len(data.test), classes=data.classes, mean=list(data.mean), std=list(data.std),
+                         loader=data.loader, loader_reason=data.loader_reason,
+                         normalisation=data.preprocess.normalisation, preprocess=data.preprocess.metadata()),
+        distillation=Distillation(
+            methods=recipe.methods(),
+            pairs=[pair.describe() for pair in pairs],
+            beta=recipe.distill.at.beta if "at" in recipe.methods() else None,
+            epochs=recipe.train.epochs,
+            best_epoch=result.best_epoch,
+            val_accuracy=result.best_val_accuracy,
+            train_seconds=result.train_seconds,
+            images_per_second=result.images_per_second,
+            batch_size=recipe.train.batch_size,
+            lr=recipe.train.lr,
+            resumed_from_epoch=result.resumed_from,
+            first_step_seconds=result.first_step_at - started if result.first_step_at is not None else None,
+            amp=result.amp,
+            history=result.history,
+        ),
+        distributed=parallel,  # world size, global and per-rank batch, the lr they were trained with
+        export=verified.export, latency=verified.latency, int8=verified.int8, shipped=verified.shipped,
+        gates=verified.gates,
+        environment={**environment(dev), "onnxruntime_provider": verified.latency.provider},
+        wall_seconds=time.perf_counter() - started,
+    )

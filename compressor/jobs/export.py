@@ -12,26 +12,26 @@ from compressor.core.progress import console
 from compressor.data.datasets import load_data
 from compressor.export.metadata import checkpoint_metadata
 from compressor.export.onnx import check_parity, export_onnx
-from compressor.jobs.common import check_output, parse_shape
+from compressor.jobs.common import check_output
 from compressor.models import checkpoint as ckpt_io
 from compressor.recipe.schema import DataConfig
-from compressor.teachers.load import Teacher, open_model
+from compressor.teachers.load import LoadedModel, open_model
 from compressor.verify.parity import PARITY_IMAGES
 
 
 def export_checkpoint(
     path: Path, out: Path, *, opset: int = 18, max_abs_diff: float = 1e-4, rtol: float = 1e-5,
-    input_shape: str | None = None, arch: str | None = None, trust: bool = False, force: bool = False,
+    input_shape: tuple[int, int, int] | None = None, arch: str | None = None, trust: bool = False, force: bool = False,
 ) -> dict:
     """`compress export`: a checkpoint to ONNX plus the parity check on real test images of its dataset.
 
     The other teacher formats (state_dict with `arch`, TorchScript, torch.export, a trusted pickle) export too,
     with the parity check on seeded random inputs of `input_shape` (or the shape the file records)."""
     check_output(out, [path], force)
-    teacher = open_model(path, arch=arch, input_shape=parse_shape(input_shape), trust=trust, names=False)
+    teacher = open_model(path, arch=arch, input_shape=input_shape, trust=trust, names=False)
     if teacher.source != "compressor checkpoint":
         return _export_model_file(path, teacher, out, opset=opset, max_abs_diff=max_abs_diff, rtol=rtol,
-                                  shape=parse_shape(input_shape))
+                                  shape=input_shape)
     model, ck = ckpt_io.load_model(path)
     shape = tuple(ck["input_shape"])
     info = export_onnx(model, out, input_shape=shape, opset=opset, metadata=checkpoint_metadata(ck))
@@ -52,7 +52,7 @@ def _parity_verdict(parity: dict, out: Path, what: str, atol: float, rtol: float
                           f"largest |logit| {parity['scale']:.3g}); {out} does not compute what {what} does")
 
 
-def _export_model_file(path: Path, teacher: Teacher, out: Path, *, opset: int, max_abs_diff: float, rtol: float,
+def _export_model_file(path: Path, teacher: LoadedModel, out: Path, *, opset: int, max_abs_diff: float, rtol: float,
                        shape) -> dict:
     shape = shape or teacher.native_shape
     if shape is None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 from compressor.core.errors import UserError, first_line
 from compressor.core.progress import console
 from compressor.distill.points import all_points, probe_points
-from compressor.jobs.common import parse_shape
 from compressor.teachers.load import open_model
 
 
 def inspect_model(
-    model: str, *, input_shape: str | None, num_classes: int = 10, arch: str | None = None, trust: bool = False,
+    model: str, *, input_shape: tuple[int, int, int] | None, num_classes: int = 10, arch: str | None = None, trust: bool = False,
     all_modules: bool = False,
 ) -> list:
     """`compress inspect`: one dry forward with hooks; prints the candidate attention points (stage outputs) of
@@ -19,7 +18,7 @@ def inspect_model(
     from rich.console import Console
     from rich.table import Table
 
-    shape = parse_shape(input_shape)
+    shape = input_shape
     teacher = open_model(model, arch=arch, input_shape=shape, num_classes=num_classes, trust=trust)
     if shape is None:  # the file's own input shape, else 32x32 with the channels its first convolution takes
         shape = teacher.native_shape or ((teacher.input_shape or (None,))[0] or 3, 32, 32)

@@ -18,10 +18,10 @@ from compressor.models import create_model
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_params
 from compressor.recipe.schema import Recipe
-from compressor.train.loop import fit
+from compressor.train.loop import FitSpec, fit
 
 
-def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resume: bool = False, force: bool = False,
+def train_teacher(recipe: Recipe, out: Path, *, resume: bool = False, force: bool = False,
                   progress: Listener | None = None, cancel: Callable[[], bool] | None = None) -> dict:
     """`compress train`: train the recipe's teacher from scratch; writes a self-describing checkpoint.
     `progress` and `cancel` as for jobs.distill.distill."""
@@ -29,7 +29,7 @@ def train_teacher(recipe: Recipe, out: Path, *, device: str | None = None, resum
         raise UserError(f"--out: {out} is a directory; give the checkpoint's file name (e.g. {out}/teacher.pt)")
     paths = CheckpointPaths(out)
     state_path, metrics_path = paths.state, paths.metrics
-    dev = distributed.setup(resolve_device(device or recipe.device), recipe)  # joins torchrun's processes, if any
+    dev = distributed.setup(resolve_device(recipe.device), recipe.train)  # joins torchrun's processes
     held = distributed.on_main(claim, paths, resume=resume, force=force, inputs=run_inputs(None, recipe),
                                data_root=data_root(recipe.data))
     listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
@@ -50,10 +50,8 @@ def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_pat
         f"{data.name}: {len(data.train)} train / {len(data.val) if data.val else 0} val / {len(data.test)} test images, "
         f"{epochs} epochs, device {dev}"
     )
-    result = fit(
-        model, data, recipe, device=dev, state_path=state_path, metrics_path=metrics_path, role="teacher",
-        epochs=epochs, resume=resume, reporter=reporter,
-    )
+    result = fit(model, data, FitSpec.of(recipe, "teacher", None, epochs), CheckpointPaths(out), device=dev,
+                 resume=resume, reporter=reporter)
     if not distributed.finish():  # the other ranks are done; rank 0 tests and saves
         return {}
     reporter.phase("testing", "test accuracy")

@@ -25,9 +25,11 @@ from compressor.recipe.schema import Recipe
 from compressor.report.markdown import latency_table
 from compressor.teachers.load import open_model
 from compressor.verify.accuracy import accuracy_of, onnx_split_predictions
-from compressor.verify.gates import gate, latency_gates
+from compressor.report.models import VerifyLatency, VerifyReport
+from compressor.verify import gates
 from compressor.verify.latency import latency_meta, measure_latencies, speedups
-from compressor.verify.parity import int8_parity_gates, parity_batch_sizes, parity_gate, parity_images
+from compressor.verify.parity import parity_batch_sizes, parity_images
+from compressor.verify.results import Parity
 
 
 def _metadata(session) -> dict[str, str]:
@@ -58,9 +60,9 @@ def _model_input(session, data: DataBundle) -> dict:
 
 
 def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: dict, accepted: list[int],
-                      recipe: Recipe, trust: bool) -> dict:
+                      recipe: Recipe) -> tuple[Parity, object]:
     """--reference: the ONNX file's logits against the checkpoint's on real test images across the classes."""
-    ref = open_model(reference, input_shape=data.input_shape, trust=trust, names=False)
+    ref = open_model(reference, input_shape=data.input_shape, names=False)  # never unpickled: weights only
     if ref.source == "compressor checkpoint":
         model, _ = ckpt_io.load_model(reference)
     else:
@@ -78,7 +80,7 @@ def _reference_parity(reference: Path, model_path: Path, data: DataBundle, fed: 
                         f"({first_line(e)})") from None
     console.print(f"parity with {reference}: max |PyTorch - ONNX| = {parity['max_abs_diff']:.2e} on {len(images)} "
                   f"test images (largest |logit| {parity['scale']:.3g})")
-    return {**parity, "reference": str(reference)}, model
+    return Parity(**parity, reference=str(reference)), model
 
 
 def _reference_predictions(model, data: DataBundle, fed: dict, batch: int) -> np.ndarray:
@@ -90,7 +92,7 @@ def _reference_predictions(model, data: DataBundle, fed: dict, batch: int) -> np
 
 
 def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out: Path, reference: Path | None = None,
-                 force: bool = False, trust: bool = False) -> dict:
+                 force: bool = False) -> VerifyReport:
     """`compress verify`: ONNX accuracy on the recipe's test split and latency, against a baseline if given, and
     parity with the checkpoint it was exported from if `reference` is given.
 
@@ -106,11 +108,10 @@ def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out
     seed_everything(recipe.seed)
     data = load_data(recipe.data, recipe.seed)
     v = recipe.verify
-    result: dict = {"model": str(model_path), "baseline": str(baseline) if baseline else None,
-                    "reference": str(reference) if reference else None}
-    sessions = {"student": create_session(model_path, threads=v.threads, device=recipe.device)}
+    # one vocabulary: the model verified and the baseline it is compared with, in every section
+    sessions = {"model": create_session(model_path, threads=v.threads, device=recipe.device)}
     if baseline is not None:
-        sessions["teacher"] = create_session(baseline, threads=v.threads, device=recipe.device)
+        sessions["baseline"] = create_session(baseline, threads=v.threads, device=recipe.device)
     eval_batch = 256
     fed, runs = {}, {}
     for role, sess in sessions.items():
@@ -127,36 +128,37 @@ def verify_model(model_path: Path, recipe: Recipe, *, baseline: Path | None, out
                for b in v.batch_sizes if b not in timed_sizes}
     for b, why in skipped.items():
         console.print(f"batch size {b}: not timed ({why})")
+    rounds = v.rounds if baseline else 1
     timed = measure_latencies(sessions, timed_sizes, data.input_shape, warmup=v.warmup, min_runs=v.min_runs,
-                              min_seconds=v.min_seconds, seed=recipe.seed, rounds=v.rounds if baseline else 1)
-    latency = {**latency_meta(sessions["student"]), "rounds": v.rounds if baseline else 1, **timed,
-               "skipped_batch_sizes": skipped}
-    if baseline is not None:
-        latency["speedup"], latency["speedup_interval"] = speedups(timed["teacher"], timed["student"])
-    gates = []
+                              min_seconds=v.min_seconds, seed=recipe.seed, rounds=rounds)
+    speedup, interval = speedups(timed["baseline"], timed["model"]) if baseline is not None else (None, None)
+    latency = VerifyLatency(**latency_meta(sessions["model"]), rounds=rounds, model=timed["model"],
+                            baseline=timed.get("baseline"), speedup=speedup, speedup_interval=interval,
+                            skipped_batch_sizes=skipped)
+    found, parity = [], None
     if reference is not None:
-        result["parity"], ref_model = _reference_parity(reference, model_path, data, fed["student"],
-                                                        runs["student"]["accepted"], recipe, trust)
+        parity, ref_model = _reference_parity(reference, model_path, data, fed["model"], runs["model"]["accepted"],
+                                              recipe)
         if quantized:  # int8 computes other logits by design: a relative tolerance and top-1 agreement
-            ref_pred = _reference_predictions(ref_model, data, fed["student"], eval_batch)
-            differ = int((ref_pred != predicted["student"]).sum())
-            result["parity"].update(quantized=True, top1_differ=differ)
-            gates += int8_parity_gates(result["parity"], differ, len(data.test))
+            ref_pred = _reference_predictions(ref_model, data, fed["model"], eval_batch)
+            differ = int((ref_pred != predicted["model"]).sum())
+            parity = parity.model_copy(update={"quantized": True, "top1_differ": differ})
+            found += [gates.int8_parity(parity.max_abs_diff, parity.scale), gates.int8_agreement(differ, len(data.test))]
         else:
-            gates.append(parity_gate("max_abs_diff", result["parity"], v))
-    if baseline is not None and v.max_accuracy_drop is not None:
-        drop = accuracy["teacher"] - accuracy["student"]
-        gates.append(gate("max_accuracy_drop", v.max_accuracy_drop, drop, drop <= v.max_accuracy_drop))
-    gates += latency_gates(v, latency)
-    device = "cuda" if sessions["student"].provider == "CUDAExecutionProvider" else "cpu"  # where the sessions ran
-    result.update(accuracy={("baseline" if k == "teacher" else "model"): a for k, a in accuracy.items()},
-                  test_images=len(data.test), input={("baseline" if k == "teacher" else "model"): f for k, f in fed.items()},
-                  batch_sizes={("baseline" if k == "teacher" else "model"): r for k, r in runs.items()},
-                  latency=latency, gates=gates, passed=all(g["passed"] for g in gates),
-                  environment={**environment(torch.device("cpu")), "device": device,
-                               "onnxruntime_provider": sessions["student"].provider})
-    write_json(out, result)
+            found.append(gates.parity("max_abs_diff", parity.max_abs_diff, parity.scale, v.max_abs_diff,
+                                      v.parity_rtol))
+    if baseline is not None:
+        found += gates.accuracy_drop(accuracy["baseline"], accuracy["model"], v.max_accuracy_drop)
+    found += gates.latency_gates(v, speedup, {b: s.p50_ms for b, s in latency.model.items()})
+    device = "cuda" if sessions["model"].provider == "CUDAExecutionProvider" else "cpu"  # where the sessions ran
+    result = VerifyReport(
+        model=str(model_path), baseline=str(baseline) if baseline else None,
+        reference=str(reference) if reference else None, accuracy=accuracy, test_images=len(data.test), input=fed,
+        batch_sizes=runs, latency=latency, parity=parity, gates=found, passed=all(g.passed for g in found),
+        environment={**environment(torch.device("cpu")), "device": device,
+                     "onnxruntime_provider": sessions["model"].provider})
+    write_json(out, result.model_dump(mode="json"))
     latency_table(result)
     console.print(f"wrote {out}")
-    raise_failed(gates)
+    raise_failed(found)
     return result

@@ -8,29 +8,26 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compressor.core.device import autocast
-
 Labelled = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images, labels) batches of a split, in order
 
 
-def evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype=None, predictions: bool = False) -> dict:
-    """Top-1 accuracy (%) and mean cross-entropy of a model on a split, in eval mode; with `predictions`, also
-    every image's top-1 class (a CPU tensor, in the split's order).
-
-    Without `dtype` (the final numbers, compared with onnxruntime's fp32 ones) CUDA convolutions run in full
-    fp32: cuDNN's default TF32 would round their inputs to 10-bit mantissas and flip near-tied images.
+def evaluate(model: nn.Module, batches: Labelled, device: torch.device, predictions: bool = False) -> dict:
+    """Top-1 accuracy (%), mean cross-entropy and the largest |logit| of a model on a split, in eval mode and fp32
+    (the numbers are compared with onnxruntime's); with `predictions`, also every image's top-1 class (a CPU
+    tensor, in the split's order). CUDA convolutions run in full fp32: cuDNN's default TF32 would round their
+    inputs to 10-bit mantissas and flip near-tied images.
     """
     tf32 = torch.backends.cudnn.allow_tf32
-    if dtype is None and device.type == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = False
     try:
-        return _evaluate(model, batches, device, dtype, predictions)
+        return _evaluate(model, batches, device, predictions)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype, predictions: bool) -> dict:
+def _evaluate(model: nn.Module, batches: Labelled, device: torch.device, predictions: bool) -> dict:
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -38,8 +35,7 @@ def _evaluate(model: nn.Module, batches: Labelled, device: torch.device, dtype, 
     peak = torch.zeros((), device=device)  # the largest |logit|: the training loop's divergence check reads it
     n, predicted = 0, []
     for x, y in batches:
-        with autocast(device, dtype):
-            logits = model(x)
+        logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         peak = torch.maximum(peak, logits.detach().abs().amax().float())
         top1 = logits.argmax(1)

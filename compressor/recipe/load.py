@@ -72,7 +72,7 @@ def _key(part) -> str:
 
 def _user_loc(err: dict) -> tuple:
     """The keys and indices of a pydantic error location, without the validator and union-member steps
-    ("function-after[...]", "list[Pair]", "float") pydantic inserts; an unknown key is kept whatever it looks like."""
+    ("function-after[...]", "list[PairSpec]", "float") pydantic inserts; an unknown key is kept whatever it looks like."""
     unknown = err["loc"][-1:] if err["type"] == "extra_forbidden" else ()
     steps = err["loc"][: len(err["loc"]) - len(unknown)]
     return (*(p for p in steps if not (isinstance(p, str) and ("[" in p or p in _UNION_MEMBERS))), *unknown)

@@ -178,9 +178,9 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     weight_decay: float = Field(5e-4, ge=0)
-    schedule: Literal["multistep", "cosine", "constant"] = Field(
-        "cosine", description="learning-rate decay, stepped every iteration: cosine to 0; multistep: lr *= gamma at "
-        "each of train.milestones (required); constant"
+    schedule: Literal["multistep", "step", "cosine", "constant"] = Field(
+        "cosine", description="learning-rate decay, stepped every iteration: cosine to 0; multistep (or step, the "
+        "same): lr *= gamma at each of train.milestones (required); constant"
     )
     milestones: list[PositiveInt] = Field(default_factory=list, validate_default=True,
                                           description="multistep: epochs where lr *= gamma")
@@ -209,6 +209,11 @@ class TrainConfig(Strict):
         # YAML 1.1 reads a bare `off` / `no` as false and `on` / `yes` as true: `amp: off` means "off"
         return {False: "off", True: "auto"}.get(v, v) if isinstance(v, bool) else v
 
+    @field_validator("schedule")
+    @classmethod
+    def _one_name(cls, v):
+        return "multistep" if v == "step" else v  # one name for one thing, as distill.at.beta_schedule has it
+
     @field_validator("milestones")
     @classmethod
     def _sorted(cls, v, info: ValidationInfo):
@@ -220,7 +225,10 @@ class TrainConfig(Strict):
         return v
 
 
-class Pair(Strict):
+class PairSpec(Strict):
+    """An attention pair as a recipe names it: module paths (wildcards inside one component), which
+    distill.pairs resolves into `Pair`s of points."""
+
     teacher: str
     student: str
 
@@ -230,14 +238,20 @@ class ATConfig(Strict):
     beta: float = Field(1000.0, ge=0, description="weight of each attention pair (the paper's 1000)")
     p: float = Field(2.0, gt=0, description="exponent of |A|^p in the attention map")
     mapping: Literal["mean", "max"] = "mean"
-    pairs: Union[Literal["auto"], list[Pair]] = Field("auto", description="auto: pair stage outputs by resolution")
-    beta_schedule: Literal["constant", "step", "cosine"] = Field(
-        "constant", description="decay of beta over training (the paper decays it when AT is combined with KD)"
+    pairs: Union[Literal["auto"], list[PairSpec]] = Field("auto", description="auto: pair stage outputs by resolution")
+    beta_schedule: Literal["constant", "multistep", "step", "cosine"] = Field(
+        "constant", description="decay of beta over training (the paper decays it when AT is combined with KD): "
+        "multistep (or step, the same: beta *= beta_gamma at each milestone) or cosine, as train.schedule"
     )
     beta_milestones: list[PositiveInt] = Field(
-        default_factory=list, description="step: epochs where beta *= beta_gamma; empty = train.milestones"
+        default_factory=list, description="multistep: epochs where beta *= beta_gamma; empty = train.milestones"
     )
-    beta_gamma: float = Field(0.1, gt=0, le=1, description="step: factor applied at each milestone")
+    beta_gamma: float = Field(0.1, gt=0, le=1, description="multistep: factor applied at each milestone")
+
+    @field_validator("beta_schedule")
+    @classmethod
+    def _one_name(cls, v):
+        return "multistep" if v == "step" else v  # the same name as train.schedule's
 
     @field_validator("beta_milestones")
     @classmethod
@@ -273,6 +287,12 @@ class DistillConfig(Strict):
     kd: KDConfig = Field(default_factory=KDConfig)
     grad_at: GradATConfig = Field(default_factory=GradATConfig)
     feature: FeatureConfig = Field(default_factory=FeatureConfig)
+
+    def methods(self) -> list[str]:
+        """The terms that are on: enabled, with a weight above 0."""
+        return [m for m, on in (("kd", self.kd.enabled), ("at", self.at.enabled and self.at.beta > 0),
+                                ("grad_at", self.grad_at.enabled and self.grad_at.beta > 0),
+                                ("feature", self.feature.enabled and self.feature.beta > 0)) if on]
 
 
 class ExportConfig(Strict):
@@ -322,16 +342,14 @@ class Recipe(Strict):
     __hash__ = None  # mutable, like every pydantic model
 
     def methods(self) -> list[str]:
-        d = self.distill
-        return [m for m, on in (("kd", d.kd.enabled), ("at", d.at.enabled and d.at.beta > 0),
-                                ("grad_at", d.grad_at.enabled and d.grad_at.beta > 0),
-                                ("feature", d.feature.enabled and d.feature.beta > 0)) if on]
+        return self.distill.methods()
 
     @model_validator(mode="after")
     def _beta_step_needs_milestones(self):
         at = self.distill.at
-        if at.beta_schedule == "step" and not (at.beta_milestones or self.train.milestones):
-            raise ValueError("distill.at.beta_schedule: step needs distill.at.beta_milestones (or train.milestones)")
+        if at.beta_schedule == "multistep" and not (at.beta_milestones or self.train.milestones):
+            raise ValueError("distill.at.beta_schedule: multistep needs distill.at.beta_milestones (or "
+                             "train.milestones)")
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,5 @@
-"""report/: what a run tells its user: report.md and the terminal summary (`markdown`) and the figures
-(`figures`: attention maps, training curves, latency). report.json is the job's dict, written by jobs.distill.
-May import core, data and distill (attention maps for the figures).
+"""report/: what a run tells its user: the typed reports (`models`: report.json as `DistillReport`, compress
+verify's `VerifyReport`, ablation.json's `AblationTable`, with their JSON Schemas), report.md and the terminal
+summary (`markdown`) and the figures (`figures`: attention maps, training curves, latency). May import core, data,
+distill (attention maps for the figures) and verify (its typed results, which the reports compose).
 """

@@ -24,6 +24,7 @@ from compressor.data.splits import DataBundle
 from compressor.distill.at import attention_map
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import FeatureTap
+from compressor.report.models import DistillReport, Latency
 
 FIGURE_IMAGES = 4  # test images in the attention figure, of distinct classes where the split allows
 
@@ -122,20 +123,20 @@ def curves_figure(path: Path, history: list[dict]) -> None:
     _save(fig, path)
 
 
-def latency_figure(path: Path, latency: dict) -> None:
+def latency_figure(path: Path, latency: Latency) -> None:
     """One panel per batch size (linear scale: the bars compare): p50 ms of teacher and student, speedup on top."""
-    batches = list(latency["student"])
+    batches = list(latency.student)
     fig = Figure(figsize=(0.6 + 1.9 * len(batches), 3.0))
     axes = fig.subplots(1, len(batches), squeeze=False)[0]
     for ax, b in zip(axes, batches):
-        ms = [latency["teacher"][b]["p50_ms"], latency["student"][b]["p50_ms"]]
+        ms = [latency.teacher[b].p50_ms, latency.student[b].p50_ms]
         bars = ax.bar(["teacher", "student"], ms, color=["#888888", "#d95f02"])
         ax.bar_label(bars, [f"{v:.3g}" for v in ms], fontsize=7)
-        ax.set_title(f"batch {b}: {latency['speedup'][b]:.2f}x faster", fontsize=8)
+        ax.set_title(f"batch {b}: {latency.speedup[b]:.2f}x faster", fontsize=8)
         ax.margins(y=0.15)
         ax.tick_params(labelsize=7)
     axes[0].set_ylabel("p50 latency (ms)", fontsize=8)
-    fig.suptitle(f"onnxruntime {latency.get('provider', '')}, {latency.get('threads', '?')} threads", fontsize=8)
+    fig.suptitle(f"onnxruntime {latency.provider}, {latency.threads} threads", fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
@@ -151,7 +152,7 @@ def _figure_pairs(teacher: nn.Module, student: nn.Module, input_shape, pairs: li
 
 
 def write_figures(
-    out: Path, report: dict, teacher: nn.Module, student: nn.Module, initial_state: dict, data: DataBundle,
+    out: Path, report: DistillReport, teacher: nn.Module, student: nn.Module, initial_state: dict, data: DataBundle,
     recipe, pairs: list[Pair],
 ) -> dict[str, str]:
     """Write the run's PNGs under out/figures/; returns {title: path relative to out} for report["figures"]."""
@@ -167,11 +168,11 @@ def write_figures(
         attention_figure(out / "figures" / "attention.png", images, x, titles, teacher, before, student, pairs,
                          recipe.distill.at.p, recipe.distill.at.mapping)
         figures["attention maps: teacher vs student before / after distillation"] = "figures/attention.png"
-    history = report["distillation"].get("history") or []
+    history = report.distillation.history
     if history:
         curves_figure(out / "figures" / "curves.png", history)
         figures["training curves"] = "figures/curves.png"
-    if report.get("latency", {}).get("student"):
-        latency_figure(out / "figures" / "latency.png", report["latency"])
+    if report.latency.student:
+        latency_figure(out / "figures" / "latency.png", report.latency)
         figures["latency per batch size"] = "figures/latency.png"
     return figures

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from compressor.core.progress import console
+from compressor.report.models import DistillReport, VerifyReport
 
 
 def _n(x: float | int | None) -> str:
@@ -33,51 +34,51 @@ def _val(x) -> str:
     return str(x)
 
 
-def summary_rows(report: dict) -> dict[str, list[list[str]]]:
-    t, s = report["teacher"], report["student"]
+def summary_rows(report: DistillReport) -> dict[str, list[list[str]]]:
+    t, s = report.teacher, report.student
     models = [
         ["", "teacher", "student"],
-        ["arch", t["arch"], s["arch"]],
-        ["params", _n(t["params"]), _n(s["params"])],
-        ["FLOPs / image", _n(t["flops"]), _n(s["flops"])],
-        ["accuracy (PyTorch)", _pct(t["accuracy"]), _pct(s["accuracy"])],
-        ["accuracy (onnxruntime)", _pct(t.get("onnx_accuracy")), _pct(s.get("onnx_accuracy"))],
+        ["arch", t.arch, s.arch],
+        ["params", _n(t.params), _n(s.params)],
+        ["FLOPs / image", _n(t.flops), _n(s.flops)],
+        ["accuracy (PyTorch)", _pct(t.accuracy), _pct(s.accuracy)],
+        ["accuracy (onnxruntime)", _pct(t.onnx_accuracy), _pct(s.onnx_accuracy)],
     ]
-    grown = s.get("sizing", {}).get("accuracy_after_pruning")
+    grown = (s.sizing or {}).get("accuracy_after_pruning")
     if grown is not None:  # the student grown from the teacher: where distillation started from
         models.insert(4, ["accuracy right after pruning (PyTorch)", "", _pct(grown)])
-    lat = report.get("latency", {})
+    lat = report.latency
     latency = [["batch", "teacher p50 ms", "student p50 ms", "student p90 ms", "student p99 ms", "student img/s", "speedup",
                 "speedup range over rounds"]]
-    for b, row in lat.get("student", {}).items():
-        tr = lat["teacher"].get(b, {})
-        lo, hi = lat.get("speedup_interval", {}).get(b, [None, None])
-        latency.append([b, f"{tr.get('p50_ms', float('nan')):.3f}", f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}",
-                        f"{row['p99_ms']:.3f}", f"{row['throughput']:.0f}", _x(lat.get("speedup", {}).get(b)),
+    for b, row in lat.student.items():
+        tr = lat.teacher.get(b)
+        lo, hi = lat.speedup_interval.get(b, [None, None])
+        latency.append([b, f"{tr.p50_ms if tr else float('nan'):.3f}", f"{row.p50_ms:.3f}", f"{row.p90_ms:.3f}",
+                        f"{row.p99_ms:.3f}", f"{row.throughput:.0f}", _x(lat.speedup.get(b)),
                         "–" if lo is None else f"{lo:.2f}–{hi:.2f}x"])
     gates = [["gate", "limit", "value", "result"]]
-    gates += [[g["name"], _val(g["limit"]), _val(g["value"]), "pass" if g["passed"] else "FAIL"] for g in report.get("gates", [])]
+    gates += [[g.name, _val(g.limit), _val(g.value), "pass" if g.passed else "FAIL"] for g in report.gates]
     return {"models": models, "latency": latency, "gates": gates}
 
 
-def _student_line(student: dict) -> list[str]:
+def _student_line(student) -> list[str]:
     """How the student came about: grown from the teacher (pruned) or sized / named from scratch."""
-    sizing = student.get("sizing", {})
+    sizing = student.sizing or {}
     if sizing.get("how") == "pruned":
         return [f"- student grown from the teacher: {sizing['reason']}; test accuracy right after pruning and "
                 f"BatchNorm recalibration {sizing['accuracy_after_pruning']:.2f}%, after distillation "
-                f"{student['accuracy']:.2f}%"]
+                f"{student.accuracy:.2f}%"]
     if sizing.get("reason"):
         return [f"- student ({sizing.get('init', 'scratch')}): {sizing['reason']}"
                 + (f"; not grown from the teacher because {sizing['why_scratch']}" if sizing.get("why_scratch") else "")]
     return []
 
 
-def _parallel(p: dict | None) -> str:
+def _parallel(p) -> str:
     """`` (one process) or how the global batch was split, e.g. ` (global; 4 processes × 32, nccl)`."""
-    if not p or p["world_size"] == 1:
+    if p is None or p.world_size == 1:
         return ""
-    return f" (global; {p['world_size']} processes × {p['per_rank_batch']}, {p['backend']}{', SyncBatchNorm' if p['sync_bn'] else ''})"
+    return f" (global; {p.world_size} processes × {p.per_rank_batch}, {p.backend}{', SyncBatchNorm' if p.sync_bn else ''})"
 
 
 def _md_table(rows: list[list[str]]) -> str:
@@ -87,25 +88,24 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: DistillReport) -> str:
     rows = summary_rows(report)
-    d = report["distillation"]
-    lat = report.get("latency", {})
-    verdict = "**all gates passed**" if report["passed"] else "**a gate FAILED**"
-    pairs = ", ".join(f"`{p['teacher']}` → `{p['student']}` {p['shape']}" for p in d["pairs"]) or "none"
+    d = report.distillation
+    lat = report.latency
+    verdict = "**all gates passed**" if report.passed else "**a gate FAILED**"
+    pairs = ", ".join(f"`{p.teacher}` → `{p.student}` {p.shape}" for p in d.pairs) or "none"
     parts = [
-        f"# compressor report: {report['recipe']}",
+        f"# compressor report: {report.recipe}",
         "",
-        f"{verdict}. Student `{report['student']['arch']}` distilled from `{report['teacher']['arch']}` on "
-        f"{report['data']['name']} ({report['data']['train']} training images, {d['epochs']} epochs, best epoch "
-        f"{d['best_epoch']}), methods: {', '.join(d['methods']) or 'student alone'}.",
+        f"{verdict}. Student `{report.student.arch}` distilled from `{report.teacher.arch}` on "
+        f"{report.data.name} ({report.data.train} training images, {d.epochs} epochs, best epoch "
+        f"{d.best_epoch}), methods: {', '.join(d.methods) or 'student alone'}.",
         "",
         "## Models (test split)",
         "",
         _md_table(rows["models"]),
         "",
-        f"## Latency (onnxruntime, {lat.get('provider', '?')}, {lat.get('threads', '?')} threads, "
-        f"graph optimisation {lat.get('graph_optimization', '?')})",
+        f"## Latency (onnxruntime, {lat.provider}, {lat.threads} threads, graph optimisation {lat.graph_optimization})",
         "",
         _md_table(rows["latency"]),
         "",
@@ -115,30 +115,27 @@ def render_markdown(report: dict) -> str:
         "",
         "## Distillation",
         "",
-        *_student_line(report["student"]),
+        *_student_line(report.student),
         f"- attention pairs: {pairs}",
-        f"- training: {d['train_seconds']:.1f} s, {d['images_per_second']:.0f} images/s, batch {d['batch_size']}, lr {d['lr']}"
-        + _parallel(report.get("distributed"))
-        + f", precision {d.get('amp', {}).get('dtype', 'float32')} ({d.get('amp', {}).get('reason', '')})",
-        f"- export: `{report['export']['path']}`, opset {report['export']['opset']}, max |PyTorch − ONNX| = "
-        f"{report['export']['max_abs_diff']:.2e}",
+        f"- training: {d.train_seconds:.1f} s, {d.images_per_second:.0f} images/s, batch {d.batch_size}, lr {d.lr}"
+        + _parallel(report.distributed) + f", precision {d.amp.dtype} ({d.amp.reason})",
+        f"- export: `{report.export.path}`, opset {report.export.opset}, max |PyTorch − ONNX| = "
+        f"{report.export.max_abs_diff:.2e}",
     ]
-    if "int8" in report:
-        q = report["int8"]
-        parts += ["", "## int8", "", f"- accuracy {q['accuracy']:.2f}% (fp32 {report['student']['onnx_accuracy']:.2f}%)",
-                  f"- p50 ms int8 / fp32 (both {q.get('provider', 'CPUExecutionProvider')}, alternating rounds): " + ", ".join(
-                      f"batch {b}: {q['latency'][b]['p50_ms']:.3f} / {q.get('fp32_latency', lat['student'])[b]['p50_ms']:.3f}"
-                      for b in q["latency"]),
-                  f"- {q['decision']}"]
-    env = report.get("environment", {})
-    parts += ["", f"_{env.get('cpu', '')}; torch {env.get('torch', '')}, onnxruntime {env.get('onnxruntime', '')}._", ""]
-    figures = report.get("figures", {})
-    for title, path in figures.items():
+    if report.int8 is not None:
+        q = report.int8
+        parts += ["", "## int8", "", f"- accuracy {q.accuracy:.2f}% (fp32 {report.student.onnx_accuracy:.2f}%)",
+                  f"- p50 ms int8 / fp32 (both {q.provider}, alternating rounds): " + ", ".join(
+                      f"batch {b}: {q.latency[b].p50_ms:.3f} / {q.fp32_latency[b].p50_ms:.3f}" for b in q.latency),
+                  f"- {q.decision}"]
+    env = report.environment
+    parts += ["", f"_{env.cpu}; torch {env.torch}, onnxruntime {env.onnxruntime}._", ""]
+    for title, path in report.figures.items():
         parts += [f"![{title}]({path})", ""]
     return "\n".join(parts)
 
 
-def print_summary(report: dict) -> None:
+def print_summary(report: DistillReport) -> None:
     for title, rows in summary_rows(report).items():
         if len(rows) < 2:
             continue
@@ -149,27 +146,27 @@ def print_summary(report: dict) -> None:
             style = "red" if r[-1] == "FAIL" else None
             table.add_row(*r, style=style)
         console.print(table)
-    console.print("[green]PASSED[/]" if report["passed"] else "[red]FAILED[/]: a verification gate failed")
+    console.print("[green]PASSED[/]" if report.passed else "[red]FAILED[/]: a verification gate failed")
 
 
-def latency_table(result: dict) -> None:
+def latency_table(result: VerifyReport) -> None:
     """The `compress verify` table: accuracy and latency per batch size, model vs baseline."""
-    lat = result["latency"]
-    table = Table(title=f"latency ({lat['provider']}, {lat['threads']} threads)", title_justify="left")
+    lat = result.latency
+    table = Table(title=f"latency ({lat.provider}, {lat.threads} threads)", title_justify="left")
     cols = ["batch", "model p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s"]
-    if "teacher" in lat:
+    if lat.baseline is not None:
         cols += ["baseline p50 ms", "speedup"]
     for c in cols:
         table.add_column(c)
-    for b, row in lat["student"].items():
-        cells = [b, f"{row['p50_ms']:.3f}", f"{row['p90_ms']:.3f}", f"{row['p99_ms']:.3f}", f"{row['mean_ms']:.3f}",
-                 f"{row['throughput']:.0f}"]
-        if "teacher" in lat:
-            tr = lat["teacher"].get(b)
-            cells += [f"{tr['p50_ms']:.3f}" if tr else "–", _x(lat["speedup"].get(b))]
+    for b, row in lat.model.items():
+        cells = [b, f"{row.p50_ms:.3f}", f"{row.p90_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.mean_ms:.3f}",
+                 f"{row.throughput:.0f}"]
+        if lat.baseline is not None:
+            tr = lat.baseline.get(b)
+            cells += [f"{tr.p50_ms:.3f}" if tr else "–", _x((lat.speedup or {}).get(b))]
         table.add_row(*cells)
     console.print(table)
-    acc = result["accuracy"]
-    console.print("accuracy: " + ", ".join(f"{k} {v:.2f}%" for k, v in acc.items()) + f" on {result['test_images']} test images")
-    for g in result["gates"]:
-        console.print(f"gate {g['name']}: {'pass' if g['passed'] else '[red]FAIL[/]'} (value {_val(g['value'])}, limit {_val(g['limit'])})")
+    console.print("accuracy: " + ", ".join(f"{k} {v:.2f}%" for k, v in result.accuracy.items())
+                  + f" on {result.test_images} test images")
+    for g in result.gates:
+        console.print(f"gate {g.name}: {'pass' if g.passed else '[red]FAIL[/]'} (value {_val(g.value)}, limit {_val(g.limit)})")

@@ -1,49 +1,15 @@
-"""report.json, read in one place: the typed report the API serves and the summary a job's row keeps.
-
-The report is the dict `compress distill` writes (the contract lists its keys); `Report` types those keys and
-lets the rest through, so a report with more sections still validates. When the library's report becomes pydantic
-models, `Report` is where they plug in.
-"""
+"""report.json, read in one place: the typed report the API serves (the library's own `DistillReport`, the
+model `compress distill` writes it from, so the OpenAPI document publishes report.json's schema) and the summary a
+job's row keeps."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from compressor.report.models import DistillReport as Report
 
-
-class Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ModelSide(Open):
-    arch: str
-    params: int
-    flops: int | None = None
-    accuracy: float | None = None
-    onnx_accuracy: float | None = None
-
-
-class Gate(Open):
-    name: str
-    limit: Any = None
-    value: Any = None
-    passed: bool
-
-
-class Report(Open):
-    """report.json's contract keys, typed; every other key passes through unchanged."""
-
-    passed: bool | None
-    teacher: ModelSide
-    student: ModelSide
-    distillation: dict
-    export: dict
-    latency: dict
-    gates: list[Gate]
-    environment: dict
+__all__ = ["Report", "read_report", "summary"]
 
 
 def read_report(out: Path) -> dict | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from compressor.core.errors import UserError
 from compressor.core.memory import fitting_batch
@@ -32,10 +33,9 @@ from compressor.students.pruning import (
     CannotPrune,
     channel_plan,
     grow_student,
-    recalibrate_bn,
 )
 from compressor.students.sizing import choose_student_size, parse_flops, parse_size
-from compressor.teachers.load import Teacher
+from compressor.teachers.load import LoadedModel
 
 # teacher sources whose architecture the registry rebuilds (a pruned student must reload from plain data)
 REBUILDABLE = ("compressor checkpoint", "state_dict", "architecture (untrained)")
@@ -57,7 +57,7 @@ class Student:
         return {"arch": self.base_arch, **({"pruned": self.plan} if self.plan is not None else {})}
 
 
-def why_not_prunable(teacher: Teacher) -> str | None:
+def why_not_prunable(teacher: LoadedModel) -> str | None:
     if teacher.source not in REBUILDABLE:
         return (f"the teacher is a {teacher.source}, and a pruned student must be rebuilt from a registered "
                 "architecture when it is loaded")
@@ -66,7 +66,7 @@ def why_not_prunable(teacher: Teacher) -> str | None:
     return None
 
 
-def build_student(recipe: Recipe, teacher: Teacher, data: DataBundle, saved: dict | None = None) -> Student:
+def build_student(recipe: Recipe, teacher: LoadedModel, data: DataBundle, saved: dict | None = None) -> Student:
     """saved: the `student` entry of an interrupted run's training state (resume rebuilds that very student)."""
     cfg = recipe.student
     shape = data.input_shape
@@ -140,7 +140,7 @@ def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | Non
     return target
 
 
-def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
+def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle) -> Student:
     cfg = recipe.student
     full = count_params(teacher.model)
     t_flops = count_flops(teacher.model, data.input_shape)
@@ -155,7 +155,8 @@ def _grow(recipe: Recipe, teacher: Teacher, data: DataBundle) -> Student:
         criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
         global_ranking=cfg.allocation == "global", grad_batches=lambda: _first_images(calib(), TAYLOR_IMAGES),
     )
-    recalibrate_bn(model, (x for x, _ in calib()))
+    update_bn((x for x, _ in calib()), model)  # every BN's statistics anew: the plain average over the batches
+    model.eval()
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
     plan = channel_plan(model, base)
     seconds = time.perf_counter() - started

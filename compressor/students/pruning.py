@@ -28,10 +28,8 @@ from torch.nn import functional as F
 
 from compressor.core.errors import UserError, first_line
 from compressor.models.measure import count_flops, count_params
+from compressor.models.plan import CHANNEL_ATTRS
 
-# the attributes that hold a module's channel counts (Conv, BatchNorm, Linear, GroupNorm, LayerNorm)
-CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
-                 "num_channels", "normalized_shape")
 CRITERIA = ("taylor", "magnitude")
 
 
@@ -94,28 +92,6 @@ def _taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     for x, y in batches:
         F.cross_entropy(m(x), y).backward()
     return {n: p.grad.detach().clone() for n, p in m.named_parameters() if p.grad is not None}
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Recompute every BatchNorm's running statistics as the plain average over `batches` (train-mode forward,
-    no weight changes); returns the number of images seen. The model is left in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return 0
-    saved = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative moving average: every batch counts equally
-    model.train()
-    n = 0
-    for x in batches:
-        model(x)
-        n += len(x)
-    for bn, mom in zip(bns, saved):
-        bn.momentum = mom
-    model.eval()
-    return n
 
 
 def grow_student(

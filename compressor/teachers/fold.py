@@ -18,11 +18,6 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
-def _set_module(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv path, BN path) for each BatchNorm2d fed only by a Conv2d's output; [] when torch.fx cannot trace
     the model (data-dependent Python control flow), which then simply runs unfolded."""
@@ -59,6 +54,6 @@ def fold_batchnorm(model: nn.Module, keep: Iterable[str] = ()) -> nn.Module:
     for conv_path, bn_path in pairs:
         conv = fuse_conv_bn_eval(modules[conv_path], modules[bn_path])
         conv.requires_grad_(False)
-        _set_module(folded, conv_path, conv)
-        _set_module(folded, bn_path, nn.Identity())
+        folded.set_submodule(conv_path, conv)
+        folded.set_submodule(bn_path, nn.Identity())
     return folded

@@ -1,4 +1,4 @@
-"""The teacher formats other than a compressor checkpoint, each read into a `Teacher` (teachers.load picks one
+"""The teacher formats other than a compressor checkpoint, each read into a `LoadedModel` (teachers.load picks one
 by the file's content): a plain state_dict of a named architecture, a TorchScript archive, a `torch.export`
 program (both turned into hookable graph modules by teachers.graphs), and a pickled module (only trusted).
 
@@ -25,7 +25,10 @@ TRUST_HINT = "pass --trust-teacher if you trust this file"
 
 
 @dataclass
-class Teacher:
+class LoadedModel:
+    """A model read from a file or built from a registered name, with what the file says about it: the teacher of
+    `compress distill`, and any model `compress inspect` / `export` / `verify --reference` open (students too)."""
+
     model: nn.Module
     arch: str
     source: str  # "compressor checkpoint", "state_dict", "TorchScript", "torch.export", "pickled module", ...
@@ -47,7 +50,7 @@ def unwrap_state_dict(obj) -> dict | None:
     return None
 
 
-def read_state_dict(path: Path, arch: str, state: dict) -> Teacher:
+def read_state_dict(path: Path, arch: str, state: dict) -> LoadedModel:
     """Build `arch` with the class and channel counts its weights have, then load them."""
     classes, channels = _state_dims(state)
     model = create_model(arch, classes or 10, channels or 3)
@@ -70,7 +73,7 @@ def read_state_dict(path: Path, arch: str, state: dict) -> Teacher:
         )
     model.load_state_dict(state)
     mean, std = _pretrained_normalisation(model, channels or 3)
-    return Teacher(model.eval(), arch, "state_dict", mean=mean, std=std, input_shape=(channels, None, None),
+    return LoadedModel(model.eval(), arch, "state_dict", mean=mean, std=std, input_shape=(channels, None, None),
                    num_classes=classes)
 
 
@@ -108,7 +111,7 @@ def first_conv_channels(model: nn.Module) -> int | None:
     return conv.in_channels if conv is not None else None
 
 
-def read_torchscript(path: Path, input_shape: tuple[int, int, int] | None) -> Teacher:
+def read_torchscript(path: Path, input_shape: tuple[int, int, int] | None) -> LoadedModel:
     from compressor.teachers.graphs import from_torchscript
 
     try:
@@ -127,7 +130,7 @@ def read_torchscript(path: Path, input_shape: tuple[int, int, int] | None) -> Te
             f"{path}: cannot reach the attention points of this TorchScript model ({first_line(e)}); "
             "save it with torch.export.save, or as a state_dict of a registered architecture"
         ) from None
-    return Teacher(gm.eval(), f"torchscript:{scripted.original_name}", "TorchScript",
+    return LoadedModel(gm.eval(), f"torchscript:{scripted.original_name}", "TorchScript",
                    input_shape=(first_conv_channels(gm), None, None))
 
 
@@ -151,7 +154,7 @@ def _weights_only_loads(path: Path):
         torch.load = real
 
 
-def read_exported(path: Path, trust: bool) -> Teacher:
+def read_exported(path: Path, trust: bool) -> LoadedModel:
     from compressor.teachers.graphs import exported_input_shape, from_exported, training_mode_ops
 
     quiet = logging.getLogger("torch.export")  # it logs a traceback for a corrupt file, then raises anyway
@@ -185,7 +188,7 @@ def read_exported(path: Path, trust: bool) -> Teacher:
     root = next((n.meta["nn_module_stack"] for n in gm.graph.nodes if n.meta.get("nn_module_stack")), None)
     name = list(root.values())[0][1].rsplit(".", 1)[-1] if root else "program"
     fixed = shape[1:] if None not in shape[1:] else None
-    return Teacher(gm, f"torch.export:{name}", "torch.export", input_shape=shape[1:], native_shape=fixed)
+    return LoadedModel(gm, f"torch.export:{name}", "torch.export", input_shape=shape[1:], native_shape=fixed)
 
 
 def read_pickled(path: Path):

@@ -25,7 +25,7 @@ from compressor.data.splits import DataBundle
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered, list_models
 from compressor.teachers.formats import (
-    Teacher,
+    LoadedModel,
     first_conv_channels,
     read_exported,
     read_pickled,
@@ -63,7 +63,7 @@ def open_model(
     trust: bool = False,
     names: bool = True,
     arch_key: str | None = "--arch",
-) -> Teacher:
+) -> LoadedModel:
     """Any model `compress inspect` / `export` / `distill` accept: a file in one of the formats above, or (with
     `names`) a registered architecture name, built untrained with `num_classes` and `input_shape`'s channels.
 
@@ -75,7 +75,7 @@ def open_model(
         if is_registered(str(spec)):
             channels = input_shape[0] if input_shape else 3
             model = create_model(str(spec), num_classes or 10, channels)
-            return Teacher(model.eval(), str(spec), "architecture (untrained)", input_shape=(channels, None, None))
+            return LoadedModel(model.eval(), str(spec), "architecture (untrained)", input_shape=(channels, None, None))
         close = difflib.get_close_matches(str(spec), list_models(), n=3)
         raise UserError(f"{spec}: neither a file nor a registered architecture"
                         + (f" (did you mean {', '.join(close)}?)" if close else ""))
@@ -89,12 +89,12 @@ def open_model(
         obj = obj["model"]
     if isinstance(obj, nn.Module):
         model = obj.eval()
-        return Teacher(model, getattr(obj, "arch", type(obj).__name__), "pickled module",
+        return LoadedModel(model, getattr(obj, "arch", type(obj).__name__), "pickled module",
                        input_shape=(first_conv_channels(model), None, None))
     if ckpt_io.is_compressor_checkpoint(obj):
         if arch and arch_key:
             check_checkpoint_arch(path, obj, arch, arch_key)
-        return Teacher(
+        return LoadedModel(
             ckpt_io.model_from_checkpoint(obj, path), obj["arch"], "compressor checkpoint", list(obj["classes"]),
             tuple(obj["mean"]), tuple(obj["std"]), (obj["input_shape"][0], None, None), len(obj["classes"]),
             tuple(obj["input_shape"]),
@@ -118,7 +118,7 @@ def check_checkpoint_arch(path: Path, ckpt: dict, arch: str, arch_key: str) -> N
 
 
 def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool = False,
-                 arch_given: bool = True) -> tuple[Teacher, DataBundle]:
+                 arch_given: bool = True) -> tuple[LoadedModel, DataBundle]:
     """The teacher for `compress distill`, checked against the recipe's data (classes, channels, size,
     normalisation); a mismatch is a UserError that gives both values. `arch` is the recipe's teacher.arch: it
     builds a state_dict, and must match a compressor checkpoint's own architecture when `arch_given` (the recipe
@@ -131,7 +131,7 @@ def load_teacher(path: str | Path, arch: str, data: DataBundle, *, trust: bool =
     return teacher, data
 
 
-def fed_as_teacher(teacher: Teacher, data: DataBundle) -> DataBundle:
+def fed_as_teacher(teacher: LoadedModel, data: DataBundle) -> DataBundle:
     """Feed the data as the teacher was fed: where the teacher records its mean/std (a compressor checkpoint,
     timm's pretrained_cfg) and the recipe does not set data.mean/std, the data takes the teacher's; a recipe that
     sets them must agree (check_fits_data)."""
@@ -142,7 +142,7 @@ def fed_as_teacher(teacher: Teacher, data: DataBundle) -> DataBundle:
     return data
 
 
-def check_fits_data(teacher: Teacher, data: DataBundle, path: Path) -> None:
+def check_fits_data(teacher: LoadedModel, data: DataBundle, path: Path) -> None:
     """The teacher's class count, input channels, input size and normalisation must be those of the data."""
     problems = []
     c, h, w = data.input_shape

@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,7 +28,7 @@ from compressor.data.splits import DataBundle
 from compressor.distill.pairs import Pair
 from compressor.distill.terms import Step
 from compressor.models.evaluate import evaluate
-from compressor.recipe.schema import Recipe
+from compressor.recipe.schema import DataConfig, DistillConfig, Recipe, TrainConfig
 from compressor.train.meters import EpochMeter, check_validation, finite, means
 from compressor.train.setup import StopFlag, Training, prepare
 from compressor.train.state import Progress, StateFile, fingerprint
@@ -49,59 +48,79 @@ class FitResult:
     eval_batch: int = 512  # images a batch that evaluation can take beside the models in memory
 
 
-def fit(
-    model: nn.Module,
-    data: DataBundle,
-    recipe: Recipe,
-    *,
-    device: torch.device,
-    state_path: Path,
-    metrics_path: Path,
-    role: str,
-    teacher: nn.Module | None = None,
-    pairs: Sequence[Pair] = (),
-    epochs: int | None = None,
-    resume: bool = False,
-    reporter: Reporter | None = None,
-    checkpoint_extra: Callable[[], dict] | None = None,
-) -> FitResult:
+@dataclass(frozen=True)
+class FitSpec:
+    """What a training run reads of the recipe (its own sections, nothing else) and what `--resume` must find
+    unchanged (`identity`, train.state.fingerprint)."""
+
+    train: TrainConfig
+    data: DataConfig  # augmentation and workers
+    distill: DistillConfig  # the objective's terms (without a teacher: cross-entropy alone)
+    seed: int
+    role: str  # "distill" | "teacher": whose training state a state file holds
+    epochs: int
+    identity: dict
+
+    @classmethod
+    def of(cls, recipe: Recipe, role: str, teacher: nn.Module | None, epochs: int | None = None) -> "FitSpec":
+        """The recipe's sections; the identity of the teacher as given (before set-up folds its BatchNorm)."""
+        return cls(recipe.train, recipe.data, recipe.distill, recipe.seed, role, epochs or recipe.train.epochs,
+                   fingerprint(recipe, role, teacher))
+
+
+@dataclass
+class _Loop:
+    """What the loop keeps between steps: the run, its state file and progress, the stop flag, the reporter."""
+
+    run: Training
+    cfg: TrainConfig
+    state: StateFile
+    done: Progress
+    stop: StopFlag
+    reporter: Reporter | None
+
+
+def fit(model: nn.Module, data: DataBundle, spec: FitSpec, paths, *, device: torch.device,
+        teacher: nn.Module | None = None, pairs: Sequence[Pair] = (), resume: bool = False,
+        reporter: Reporter | None = None, checkpoint_extra: Callable[[], dict] | None = None) -> FitResult:
     """Train `model` (the student, or a teacher from scratch) and return the best-by-validation weights.
 
-    `reporter` gets the training's progress (epoch, step, img/s, ETA, loss terms, each epoch's metrics row) and
-    is polled between steps for cancellation, which stops the run as SIGTERM does (state saved, `Cancelled`)."""
-    epochs = epochs or recipe.train.epochs
-    identity = fingerprint(recipe, role, teacher)  # of the teacher as given, before set-up folds its BatchNorm
-    run = prepare(model, data, recipe, device=device, teacher=teacher, pairs=list(pairs), epochs=epochs)
-    state = StateFile(state_path, role, identity, {"model": model, "optimizer": run.optimizer,
+    `paths`: where the training state and the metrics go (`.state`, `.metrics`: jobs.paths). `reporter` gets the
+    training's progress (epoch, step, img/s, ETA, loss terms, each epoch's metrics row) and is polled between
+    steps for cancellation, which stops the run as SIGTERM does (state saved, `Cancelled`)."""
+    run = prepare(model, data, spec, device=device, teacher=teacher, pairs=list(pairs))
+    state = StateFile(paths.state, spec.role, spec.identity, {"model": model, "optimizer": run.optimizer,
                       "scheduler": run.scheduler, "scaler": run.scaler, "extra": run.objective}, checkpoint_extra)
-    done = _start(state, resume, epochs, device)
+    done = _start(state, resume, spec.epochs, device)
     if distributed.is_main():  # the log holds exactly the finished epochs (a kill may have left one more line)
-        write_jsonl(metrics_path, done.history)
+        write_jsonl(paths.metrics, done.history)
     first_step_at = None
     with StopFlag() as stop:
-        for epoch in range(done.epoch, epochs):
+        loop = _Loop(run, spec.train, state, done, stop, reporter)
+        for epoch in range(done.epoch, spec.epochs):
             first = done.step if epoch == done.epoch else 0
             meter = EpochMeter(device, done.partial if epoch == done.epoch and distributed.is_main() else None,
-                               logit_bound=recipe.train.max_logit)
+                               logit_bound=spec.train.max_logit)
             if reporter:
-                reporter.emit("training", epoch=epoch + 1, epochs=epochs, step=first, steps=len(run.train))
+                reporter.emit("training", epoch=epoch + 1, epochs=spec.epochs, step=first, steps=len(run.train))
             for step, (x, y) in enumerate(run.train.iterate(epoch, first), start=first):
                 first_step_at = first_step_at or time.perf_counter()  # when the data got going
                 terms, logits = train_step(run, x, y, epoch)
                 meter.add(step, terms, logits, y)  # on the device: no host sync per step
                 if reporter and stop.signal is None and reporter.cancelled():
                     stop.cancel()
-                _sync_point(run, recipe.train, meter, stop, state, done, epoch, step, reporter, first)
+                _sync_point(loop, meter, epoch, step, first)
             row = _end_epoch(run, meter, epoch, state)
             done.keep_if_best(row.get("val_accuracy", float(epoch)), epoch + 1, model)  # no val split: the last
             done.history.append(row)
             if distributed.is_main():
-                append_jsonl(metrics_path, row)
+                append_jsonl(paths.metrics, row)
             state.save(done, epoch + 1, 0, device)
             if reporter:
-                reporter.emit(epoch=epoch + 1, epochs=epochs, step=len(run.train), steps=len(run.train), metrics=row)
+                reporter.emit(epoch=epoch + 1, epochs=spec.epochs, step=len(run.train), steps=len(run.train),
+                              metrics=row)
             if distributed.any_rank(stop.signal is not None, device):  # also waits for rank 0's save
-                raise stop.error(f"after epoch {epoch + 1}; state saved to {state_path}; "
+                raise stop.error(f"after epoch {epoch + 1}; state saved to {paths.state}; "
                                  "run the same command with --resume to continue")
     return _finish(run, done, first_step_at)
 
@@ -147,11 +166,11 @@ def _start(state: StateFile, resume: bool, epochs: int, device: torch.device) ->
     return Progress()
 
 
-def _sync_point(run: Training, cfg, meter: EpochMeter, stop: StopFlag, state: StateFile, done: Progress,
-                epoch: int, step: int, reporter: Reporter | None, first: int) -> None:
+def _sync_point(loop: _Loop, meter: EpochMeter, epoch: int, step: int, first: int) -> None:
     """Every train.log_every steps, at the epoch's last step, before a mid-epoch checkpoint and when a signal
     came: the processes agree on divergence and on stopping (so every rank takes the same branch), progress is
     shown, a mid-epoch checkpoint is written, and a stop saves the state and raises Interrupted."""
+    run, cfg, stop, state, reporter = loop.run, loop.cfg, loop.stop, loop.state, loop.reporter
     last = step + 1 == len(run.train)
     checkpoint = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0 and not last
     stopping = stop.signal is not None and not distributed.active()
@@ -167,7 +186,7 @@ def _sync_point(run: Training, cfg, meter: EpochMeter, stop: StopFlag, state: St
     if checkpoint or (stopping and not last):
         if not finite(run.model):
             raise meter.divergence.error(epoch, step, state.saved, weights=True)
-        state.save(done, epoch, step + 1, run.device, meter.so_far())
+        state.save(loop.done, epoch, step + 1, run.device, meter.so_far())
     if stopping and not last:
         distributed.barrier()  # the other ranks leave only once rank 0 has saved
         raise stop.error(f"at epoch {epoch + 1} step {step + 1}; state saved to {state.path}; "

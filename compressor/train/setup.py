@@ -94,11 +94,12 @@ def check_memory(model: nn.Module | None, teacher: nn.Module | None, input_shape
     return memory.fitting_batch(2 * max(fs.peak, ft.peak if ft else 0), fixed, 512, device)
 
 
-def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn.Module | None,
-            pairs: list[Pair], epochs: int) -> Training:
-    cfg = recipe.train
+def prepare(model: nn.Module, data, spec, *, device: torch.device, teacher: nn.Module | None,
+            pairs: list[Pair]) -> Training:
+    """Everything a run holds, from the spec's sections (train.loop.FitSpec): train, data, distill, seed, epochs."""
+    cfg = spec.train
     eval_batch = check_memory(model, teacher, data.input_shape, cfg.batch_size // distributed.world_size(), device,
-                              teacher_graph="grad_at" in recipe.methods() and teacher is not None)
+                              teacher_graph="grad_at" in spec.distill.methods() and teacher is not None)
     dtype, amp_reason = amp_choice(cfg.amp, device)
     amp = {"setting": cfg.amp, "dtype": str(dtype).replace("torch.", "") if dtype else "float32", "reason": amp_reason}
     if distributed.is_main():
@@ -107,10 +108,10 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
     fmt = memory_format(cfg.channels_last and (device.type != "cpu" or channels_last_safe(model)))
     normalize = data.normalize(device, fmt)
     # in-memory splits move to the device once; a streamed one is decoded batch by batch by DataLoader workers
-    stream = {"workers": recipe.data.workers, "device": device}
+    stream = {"workers": spec.data.workers, "device": device}
     train = make_batches(
-        data.train.to(device), cfg.batch_size, normalize, train=True, pad=recipe.data.pad, flip=recipe.data.flip,
-        seed=recipe.seed, drop_last=len(data.train) >= cfg.batch_size, augment=recipe.data.augment,
+        data.train.to(device), cfg.batch_size, normalize, train=True, pad=spec.data.pad, flip=spec.data.flip,
+        seed=spec.seed, drop_last=len(data.train) >= cfg.batch_size, augment=spec.data.augment,
         rank=distributed.rank(), world=distributed.world_size(), **stream,  # cfg.batch_size is the global batch
     )
     val = (make_batches(data.val.to(device), eval_batch, normalize, **stream)
@@ -124,8 +125,9 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
         # machine: docs/BENCHMARKS.md); on a copy, so the caller's teacher is not changed; a conv whose own
         # output is an attention point keeps its BN
         teacher = fold_batchnorm(teacher, keep=[p.teacher.module for p in pairs])
-    objective = Objective.build(recipe, model, teacher, pairs, device, autocast=lambda: autocast(device, dtype))
-    opt, sched = build_optimizer(objective.optimized(model), cfg, epochs, len(train))
+    objective = Objective.build(spec.distill, cfg.milestones, model, teacher, pairs, device,
+                                autocast=lambda: autocast(device, dtype))
+    opt, sched = build_optimizer(objective.optimized(model), cfg, spec.epochs, len(train))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # the shape lets each tap find points whose output a later in-place op changes, and copy those
     taps = objective.uses_features
@@ -138,8 +140,9 @@ def prepare(model: nn.Module, data, recipe, *, device: torch.device, teacher: nn
     # train.compile: the student's and the teacher's forwards through torch.compile (hooks still fire);
     # evaluation and export keep the plain modules
     net, teacher_fwd = compiled(net, teacher, cfg.compile)
-    return Training(model, net, teacher, teacher_fwd, s_tap, t_tap, objective, opt, sched, scaler, train, val,
-                    device, dtype, amp, epochs, eval_batch)
+    return Training(model=model, net=net, teacher=teacher, teacher_forward=teacher_fwd, student_tap=s_tap,
+                    teacher_tap=t_tap, objective=objective, optimizer=opt, scheduler=sched, scaler=scaler, train=train,
+                    val=val, device=device, dtype=dtype, amp=amp, epochs=spec.epochs, eval_batch=eval_batch)
 
 
 class StopFlag:

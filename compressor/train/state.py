@@ -25,6 +25,15 @@ from compressor.models import checkpoint as ckpt_io
 STATE_FORMAT = "compressor.train_state/1"
 
 
+@dataclass(frozen=True)
+class StatePaths:
+    """Where a run keeps its training state and its metrics log (jobs.paths' RunPaths and CheckpointPaths have
+    the same two attributes)."""
+
+    state: Path
+    metrics: Path
+
+
 def digest(model: nn.Module) -> str:
     """A short hash of a model's weights: a resumed distillation must learn from the same teacher."""
     h = hashlib.sha256()

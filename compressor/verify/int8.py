@@ -1,5 +1,5 @@
 """Whether the int8 model ships: quantise the fp32 student, measure its accuracy and speed beside fp32 on the same
-provider, and decide."""
+provider, and decide (verify.gates.int8_ships)."""
 
 from __future__ import annotations
 
@@ -12,23 +12,22 @@ from compressor.data.splits import DataBundle, stratified_indices
 from compressor.export.int8 import quantize_int8
 from compressor.export.sessions import CPU, create_session
 from compressor.recipe.schema import Recipe
+from compressor.verify import gates
 from compressor.verify.accuracy import onnx_split_accuracy
-from compressor.verify.gates import gate, latency_gates
 from compressor.verify.latency import measure_latencies, speedups
+from compressor.verify.results import Int8
 
 CALIBRATION_IMAGES = 512
-INT8_MARGIN = 0.05  # int8 ships only if it is this much faster than fp32, and faster in every timing round
 
 
 def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recipe, t_acc: float, sessions: dict,
-               batch: int = 256) -> dict:
+               batch: int = 256) -> Int8:
     """Quantise, measure beside fp32, and say which variant ships: int8 only if it passes the gates and wins.
 
     int8 runs on onnxruntime's CPU provider, so it is timed against fp32 teacher and student on the CPU provider
     too (the recipe's sessions when they are CPU ones, else CPU sessions of the same files), in alternating
-    rounds; it ships only when it is INT8_MARGIN faster than fp32 at every batch size and in every round.
-    student.onnx stays the fp32 model (its parity with PyTorch is what `max_abs_diff` proves); the int8 file
-    sits beside it and the report's `shipped` names the one to deploy.
+    rounds (gates.int8_ships decides). student.onnx stays the fp32 model (its parity with PyTorch is what
+    `max_abs_diff` proves); the int8 file sits beside it and the report's `shipped` names the one to deploy.
     """
     v = recipe.verify
     pick = stratified_indices(data.train.labels, CALIBRATION_IMAGES, recipe.seed)
@@ -44,22 +43,9 @@ def check_int8(fp32_path: Path, int8_path: Path, data: DataBundle, recipe: Recip
                               min_seconds=v.min_seconds, seed=recipe.seed, rounds=v.rounds)
     vs_teacher, _ = speedups(timed["teacher"], timed["int8"])
     vs_fp32, vs_fp32_interval = speedups(timed["student"], timed["int8"])
-    latency = {"teacher": timed["teacher"], "student": timed["int8"], "speedup": vs_teacher}
-    gates = []
-    if v.max_accuracy_drop is not None:
-        gates.append(gate("max_accuracy_drop", v.max_accuracy_drop, t_acc - acc, t_acc - acc <= v.max_accuracy_drop))
-    gates += latency_gates(v, latency)
-    faster = {b: vs_fp32[b] >= 1 + INT8_MARGIN and vs_fp32_interval[b][0] > 1 for b in vs_fp32}
-    ship = all(g_["passed"] for g_ in gates) and all(faster.values())
-    if ship:
-        why = (f"int8 passes every gate and is at least {INT8_MARGIN:.0%} faster than fp32 (same provider, every "
-               "timing round) at every batch size")
-    elif not all(faster.values()):
-        slower = [b for b, f in faster.items() if not f]
-        why = (f"fp32 ships: int8 is not faster than fp32 beyond the noise ({INT8_MARGIN:.0%} and in every round, on "
-               f"the CPU provider) at batch size(s) {', '.join(slower)}")
-    else:
-        why = "fp32 ships: int8 fails " + ", ".join(g_["name"] for g_ in gates if not g_["passed"])
-    return {**info, "accuracy": acc, "provider": CPU, "latency": timed["int8"], "fp32_latency": timed["student"],
-            "speedup": vs_teacher, "speedup_vs_fp32": vs_fp32, "speedup_vs_fp32_interval": vs_fp32_interval,
-            "gates": gates, "ship": ship, "decision": why}
+    own = [*gates.accuracy_drop(t_acc, acc, v.max_accuracy_drop),
+           *gates.latency_gates(v, vs_teacher, {b: s.p50_ms for b, s in timed["int8"].items()})]
+    ship, why = gates.int8_ships(own, vs_fp32, vs_fp32_interval)
+    return Int8(**info, accuracy=acc, provider=CPU, latency=timed["int8"], fp32_latency=timed["student"],
+                speedup=vs_teacher, speedup_vs_fp32=vs_fp32, speedup_vs_fp32_interval=vs_fp32_interval, gates=own,
+                ship=ship, decision=why)

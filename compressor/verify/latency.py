@@ -4,7 +4,7 @@ of one over another with the rounds' spread as its interval.
 Everything the report states about a measurement (provider, threads, graph optimisation level) is read from the
 `Session` it was made with (`latency_meta`), so the numbers and their conditions cannot drift apart.
 
-    lat = measure_latencies({"teacher": t, "student": s}, [1, 64], (1, 28, 28))   # {role: {"1": {p50_ms, ...}}}
+    lat = measure_latencies({"teacher": t, "student": s}, [1, 64], (1, 28, 28))   # {role: {"1": LatencyStats}}
     ratio, interval = speedups(lat["teacher"], lat["student"])
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from compressor.export.sessions import CUDA, Session
+from compressor.verify.results import LatencyStats
 
 
 def _runner(session: Session, batch: np.ndarray) -> Callable[[], object]:
@@ -49,8 +50,8 @@ def measure_latency(
     min_seconds: float = 1.0,  # and long enough to span scheduler and frequency noise
     seed: int = 0,
     rounds: int = 1,
-) -> dict[str, dict]:
-    """Time one forward pass per batch size; returns {"<batch>": {p50_ms, p90_ms, p99_ms, mean_ms, ...}}.
+) -> dict[str, LatencyStats]:
+    """Time one forward pass per batch size; returns {"<batch>": LatencyStats (p50_ms, p90_ms, p99_ms, ...)}.
 
     Inputs are fixed seeded random images of `input_shape` (C, H, W): a CNN's cost does not depend on
     pixel values, and a fixed input makes runs comparable. Each run is timed alone with perf_counter,
@@ -70,9 +71,9 @@ def measure_latencies(
     min_seconds: float = 1.0,
     seed: int = 0,
     rounds: int = 5,
-) -> dict[str, dict[str, dict]]:
-    """Time several models in alternating rounds: {role: {"<batch>": stats}}, stats as `measure_latency`'s plus
-    `round_p50_ms` (the median of each round).
+) -> dict[str, dict[str, LatencyStats]]:
+    """Time several models in alternating rounds: {role: {"<batch>": LatencyStats}}, with `round_p50_ms` the
+    median of each round.
 
     Timing one model entirely before the other lets clock drift, turbo and neighbours bias their ratio; in
     rounds (A B, B A, A B, ...) both meet the same conditions, and the rounds' spread is the ratio's interval
@@ -82,7 +83,7 @@ def measure_latencies(
     roles = list(sessions)
     per_round_runs = max(1, -(-min_runs // rounds))
     per_round_seconds = min_seconds / rounds
-    results: dict[str, dict[str, dict]] = {role: {} for role in roles}
+    results: dict[str, dict[str, LatencyStats]] = {role: {} for role in roles}
     for b in batch_sizes:
         batch = rng.standard_normal((b, *input_shape), dtype=np.float32)  # (B, C, H, W)
         runners = {role: _runner(sessions[role], batch) for role in roles}
@@ -103,25 +104,19 @@ def measure_latencies(
                 times[role] += got
                 medians[role].append(float(np.median(got) * 1000.0))
         for role in roles:
-            results[role][str(b)] = {**_stats(np.array(times[role]) * 1000.0, b), "round_p50_ms": medians[role]}
+            results[role][str(b)] = _stats(np.array(times[role]) * 1000.0, b, medians[role])
     return results
 
 
-def _stats(ms: np.ndarray, b: int) -> dict:
+def _stats(ms: np.ndarray, b: int, round_medians: list[float]) -> LatencyStats:
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {
-        "p50_ms": float(p50),
-        "p90_ms": float(p90),
-        "p99_ms": float(p99),
-        "mean_ms": float(ms.mean()),
-        "stdev_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
-        "min_ms": float(ms.min()),
-        "runs": len(ms),
-        "throughput": float(b / (p50 / 1000.0)),
-    }
+    return LatencyStats(p50_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99), mean_ms=float(ms.mean()),
+                        stdev_ms=float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, min_ms=float(ms.min()), runs=len(ms),
+                        throughput=float(b / (p50 / 1000.0)), round_p50_ms=round_medians)
 
 
-def speedups(slow: dict[str, dict], fast: dict[str, dict]) -> tuple[dict[str, float], dict[str, list[float]]]:
+def speedups(slow: dict[str, LatencyStats], fast: dict[str, LatencyStats]
+             ) -> tuple[dict[str, float], dict[str, list[float]]]:
     """`slow`'s p50 over `fast`'s per batch size, and its interval: the lowest and highest ratio of one round's
     medians (both measured by `measure_latencies` in the same rounds). The interval is the paired rounds' spread,
     not a bound: the pooled p50s' ratio can lie just outside it when the rounds disagree."""
@@ -129,8 +124,8 @@ def speedups(slow: dict[str, dict], fast: dict[str, dict]) -> tuple[dict[str, fl
     for b in fast:
         if b not in slow:
             continue
-        ratio[b] = slow[b]["p50_ms"] / fast[b]["p50_ms"]
-        rounds = [t / s for t, s in zip(slow[b].get("round_p50_ms", []), fast[b].get("round_p50_ms", []))]
+        ratio[b] = slow[b].p50_ms / fast[b].p50_ms
+        rounds = [t / s for t, s in zip(slow[b].round_p50_ms, fast[b].round_p50_ms)]
         interval[b] = [min(rounds), max(rounds)] if rounds else [ratio[b], ratio[b]]
     return ratio, interval
 
