@@ -21,9 +21,9 @@ from .conftest import ROOT
 LIMIT = 10 * 10**9
 
 
-def limited(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """The console script under `ulimit -v 10 GB`."""
-    env = {"PATH": "/usr/bin:/bin", "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", "HOME": str(cwd)}
+def limited(*args: str, home: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The console script under `ulimit -v 10 GB` (a home of its own: libraries keep caches there)."""
+    env = {"PATH": "/usr/bin:/bin", "COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", "HOME": str(home)}
     exe = Path(sys.executable).with_name("compress")
     return subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd, timeout=600, env=env,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT)))
@@ -42,7 +42,7 @@ def test_a_huge_batch_on_the_full_dataset_is_refused_with_the_estimate(tmp_path)
     limit: a RuntimeError traceback and exit 1)."""
     r = limited("distill", str(ROOT / "teachers" / "fashion_mnist-wrn-16-2.pt"), "--recipe",
                 str(ROOT / "recipes" / "fashion_at.yaml"), "--out", str(tmp_path / "run"),
-                "--set", "train.batch_size=100000", "--set", "device=cpu")
+                "--set", "train.batch_size=100000", "--set", "device=cpu", home=tmp_path)
     line = one_error(r)
     assert line.startswith("error: train.batch_size: 100000 images a step") and "needs an estimated" in line
     assert "left under the address-space limit (ulimit -v)" in line and "lower train.batch_size" in line
@@ -67,7 +67,7 @@ def test_huge_images_are_refused_before_the_student_is_grown(tmp_path):
     r = limited("distill", str(tmp_path / "resnet18.pt"), "--recipe", str(ROOT / "recipes" / "imagefolder_resnet_at.yaml"),
                 "--out", str(tmp_path / "run"), "--set", f"data.root={tmp_path / 'folder'}", "--set", "teacher.arch=resnet18",
                 "--set", "data.image_size=2048", "--set", "student.arch=null", "--set", "student.size=0.25",
-                "--set", "device=cpu")
+                "--set", "device=cpu", home=tmp_path)
     line = one_error(r)
     assert "on 3x2048x2048 images) needs an estimated" in line and "ulimit -v" in line
     assert "student grown from the teacher" not in r.stderr  # refused before growing
