@@ -8,6 +8,7 @@ import pytest
 
 from compressor.jobs.ablate import GRAD_AT, METHODS, Method, methods_for, render_markdown, summarise
 from compressor.recipe.load import load_recipe
+from compressor.report.models import AblationRun, AblationTable
 
 from .conftest import RECIPE, run_cli, sets
 
@@ -80,12 +81,15 @@ def test_methods_and_table():
     assert Method("x", "x", at=True).overrides() == [
         "distill.at.enabled=true", "distill.kd.enabled=false", "distill.feature.enabled=false",
         "distill.grad_at.enabled=false"]
-    rows = [{"error": e, "params": 1000, "latency_p50_ms": 1.0, "train_seconds": 2.0, "failed_gates": [],
-             "latency_batch": "1", "seed": s} for s, e in enumerate((10.0, 12.0, 14.0))]
+    rows = [AblationRun(dir=f"seed{s}", seed=s, reused=False, failed_gates=[], error=e, params=1000, arch="a",
+                        latency_batch="1", latency_p50_ms=1.0, teacher_latency_p50_ms=2.0, train_seconds=2.0,
+                        methods=["ce"], teacher={"arch": "t", "params": 1e6, "error": 5.0})
+            for s, e in enumerate((10.0, 12.0, 14.0))]
     m = summarise(METHODS[0], rows)
-    assert m["error_mean"] == 12.0 and m["error_std"] == 2.0
-    md = render_markdown({"recipe": "r", "teacher": {"arch": "t", "params": 1e6, "error": 5.0}, "epochs": 1,
-                          "train_images": 10, "test_images": 5, "seeds": [0, 1, 2], "methods": [m]})
+    assert m.error_mean == 12.0 and m.error_std == 2.0
+    md = render_markdown(AblationTable(recipe="r", recipe_path="r.yaml", overrides=[], teacher_path="t.pt", epochs=1,
+                                       seeds=[0, 1, 2], train_images=10, test_images=5,
+                                       teacher={"arch": "t", "params": 1e6, "error": 5.0}, inits=None, methods=[m]))
     assert "| student alone | 12.00 ± 2.00 |" in md and "| 12.00 ± 2.00 | 5.00 |" in md
 
 

@@ -10,6 +10,7 @@ from compressor.data.datasets import load_data
 from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
 from compressor.recipe.schema import DataConfig
+from compressor.verify.results import Latency, LatencyStats
 from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
 
 from .conftest import RECIPE, run_cli, sets
@@ -45,9 +46,14 @@ def test_curves_and_latency_figures(tmp_path):
                 "train_accuracy": 50.0 + e, "val_accuracy": 48.0 + e} for e in (1, 2, 3)]
     curves_figure(tmp_path / "c.png", history)
     png(tmp_path / "c.png")
-    row = lambda ms: {"p50_ms": ms, "p90_ms": ms, "p99_ms": ms, "mean_ms": ms, "throughput": 1.0}  # noqa: E731
-    latency = {"provider": "CPUExecutionProvider", "teacher": {"1": row(2.0), "64": row(40.0)},
-               "student": {"1": row(0.8), "64": row(10.0)}, "speedup": {"1": 2.5, "64": 4.0}}
+    def row(ms):
+        return LatencyStats(p50_ms=ms, p90_ms=ms, p99_ms=ms, mean_ms=ms, stdev_ms=0.0, min_ms=ms, runs=5,
+                            throughput=1000.0 / ms)
+
+    latency = Latency(provider="CPUExecutionProvider", threads=1, graph_optimization="all", io_binding=False,
+                      onnxruntime="1", rounds=3, teacher={"1": row(2.0), "64": row(40.0)},
+                      student={"1": row(0.8), "64": row(10.0)}, speedup={"1": 2.5, "64": 4.0},
+                      speedup_interval={"1": [2.4, 2.6], "64": [3.9, 4.1]})
     latency_figure(tmp_path / "l.png", latency)
     png(tmp_path / "l.png")
 

@@ -143,11 +143,22 @@ def shape_option(text: str) -> Shape:
 
 
 def forwarded_argv(command: str) -> list[str]:
-    """The command line this process was given, from `command` on (what `--nproc` hands each torchrun child)."""
+    """The command line this process was given, from `command` on, less `--nproc N` (what each torchrun child gets:
+    it knows it was launched; and torchrun's own parser would read `--nproc` as an ambiguous prefix of its options)."""
     import sys
 
     args = sys.argv[1:]
-    return args[args.index(command):] if command in args else [command, *args]
+    args = args[args.index(command):] if command in args else [command, *args]
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
 
 
 def overrides(sets: list[str] | None, device: str | None = None) -> list[str]:
