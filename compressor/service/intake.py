@@ -66,7 +66,7 @@ def check_teacher(path: Path, shown: str) -> str:
                         "upload its state_dict (torch.save(model.state_dict(), ...)) with teacher.arch, or a "
                         "compressor checkpoint")
     try:
-        obj = ckpt_io.load_trusted_dict(path)
+        obj = _weights_only(path)
     except UserError as e:
         problems = [own(p).replace(", or pass --trust-teacher if you trust this file", "; the service never "
                                    "unpickles a teacher") for p in e.problems]
@@ -77,6 +77,20 @@ def check_teacher(path: Path, shown: str) -> str:
         return "state_dict"
     raise UserError(f"{shown}: neither a compressor checkpoint nor a state_dict (a mapping of parameter names to "
                     "tensors)")
+
+
+def _weights_only(path: Path):
+    """The upload loaded weights-only and memory-mapped: its tensors stay on disk (a 500 MB teacher does not come
+    into the server's memory to be checked). Anything that fails is loaded again the library's way, for its
+    one-line message (and for the old, unmappable format)."""
+    import torch
+
+    from compressor.models import checkpoint as ckpt_io
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return ckpt_io.load_trusted_dict(path)
 
 
 def parse_yaml(text: str) -> dict:
@@ -125,7 +139,13 @@ def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], 
     return Accepted(recipe, dataset.name, device, 1 if device == "cuda" else 0)
 
 
-def request_hash(teacher_sha256: str, recipe_yaml: str, overrides: list[str]) -> str:
-    """What makes two submissions the same request (for an idempotency key used twice)."""
-    canonical = json.dumps([teacher_sha256, recipe_yaml, list(overrides)], separators=(",", ":"))
+def request_hash(teacher_sha256: str, recipe_yaml: str, overrides: list[str], resources=None,
+                 timeout_minutes: float | None = None) -> str:
+    """What makes two submissions the same request (for an idempotency key used twice). Resources and a timeout
+    count only when given, so a request without them hashes as it did before they existed."""
+    parts = [teacher_sha256, recipe_yaml, list(overrides)]
+    extra = resources.model_dump(exclude_none=True) if resources is not None else {}
+    if extra or timeout_minutes is not None:
+        parts += [extra, timeout_minutes]
+    canonical = json.dumps(parts, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
