@@ -31,7 +31,8 @@ from pathlib import Path
 HIDDEN = (".",)  # the run record, lock files, temporaries
 NOT_ARTIFACTS = {"train_state.pt"}  # the resumable state stays in the store: it is not the job's result
 CHUNK = 1 << 20
-PART = 16 << 20  # an object store's multipart upload part (S3's least is 5 MiB)
+PART = 8 << 20  # an object store's multipart upload part (S3's least is 5 MiB)
+PARTS_AT_ONCE = 2  # parts in flight at once: PART * PARTS_AT_ONCE bytes in memory, whatever the file's size
 
 
 class UploadTooLarge(Exception):
@@ -136,9 +137,10 @@ class Artifacts:
                 Path(tmp).unlink(missing_ok=True)
                 raise
         else:  # in parts of PART bytes: what is in memory at once, whatever the file's size
-            self.fs.put_file(str(local), key, chunksize=PART)
+            self.fs.put_file(str(local), key, chunksize=PART, max_concurrency=PARTS_AT_ONCE)
 
     def put_bytes(self, data: bytes, key: str) -> None:
+        self.spool.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=self.spool, prefix=".put.", suffix=".tmp") as f:
             f.write(data)
             f.flush()
