@@ -140,3 +140,77 @@ def s3_env():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def end_session(sid: int, sig: int = signal.SIGKILL) -> None:
+    """Signal every process of the session `sid` (what a `ray start --block` started lives in its session)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getsid(int(entry)) == sid and int(entry) != os.getpid():
+                    os.kill(int(entry), sig)
+
+
+class RayNode:
+    """A node of a real Ray cluster, started as an operator starts one: `ray start --head` or `ray start --address
+    ...`, with token authentication, in a session of its own (`--block`, so its processes can be found and ended).
+    `env` reaches the node's workers (COMPRESSOR_SCRATCH: the node's own folder; the S3 credentials)."""
+
+    def __init__(self, root: Path, name: str, env: dict, *, head_port: int | None = None, address: str | None = None,
+                 cpus: int = 1, resources: dict | None = None):
+        self.root, self.name, self.env = root, name, env
+        self.head_port, self.address, self.cpus, self.resources = head_port, address, cpus, resources or {}
+        self.proc = None
+
+    def start(self) -> RayNode:
+        import json
+
+        exe = str(Path(sys.executable).with_name("ray"))
+        cmd = [exe, "start", "--block", "--num-cpus", str(self.cpus), "--disable-usage-stats",
+               "--resources", json.dumps({"node_" + self.name: 1, **self.resources})]
+        if self.head_port:
+            cmd += ["--head", "--port", str(self.head_port), "--node-ip-address", "127.0.0.1",
+                    "--include-dashboard", "false", "--temp-dir", str(self.root / "ray")]
+        else:
+            cmd += ["--address", self.address]
+        self.log = open(self.root / f"ray-{self.name}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=self.env)
+        return self
+
+    def raylet_pid(self) -> int:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.getsid(int(entry)) == self.proc.pid and \
+                            Path(f"/proc/{entry}/comm").read_text().strip() == "raylet":
+                        return int(entry)
+        raise AssertionError(f"no raylet in node {self.name}'s session")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        end_session(self.proc.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+
+
+def wait_for_nodes(address: str, env: dict, names: list[str], timeout: float = 120) -> None:
+    """Until the cluster at `address` has the named nodes alive (asked by a separate driver process)."""
+    code = ("import ray, sys, time\n"
+            f"ray.init(address={address!r}, log_to_driver=False)\n"
+            f"want = {['node_' + n for n in names]!r}\n"
+            f"deadline = time.time() + {timeout}\n"
+            "while time.time() < deadline:\n"
+            "    alive = [r for n in ray.nodes() if n['Alive'] for r in n['Resources']]\n"
+            "    if all(w in alive for w in want): sys.exit(0)\n"
+            "    time.sleep(0.5)\n"
+            "sys.exit(1)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout + 60)
+    assert r.returncode == 0, f"the Ray cluster did not show nodes {names}:\n{r.stderr[-2000:]}"

@@ -19,7 +19,8 @@ HomeOption = Annotated[Optional[Path], typer.Option(
     "--home", help="Where the server keeps its store, teachers and jobs (default $COMPRESSOR_HOME or "
     "~/.compressor/service).")]
 DbOption = Annotated[Optional[str], typer.Option(
-    "--db", help="The job store's SQLAlchemy URL (default: sqlite:///HOME/jobs.db).")]
+    "--db", envvar="COMPRESSOR_DB", help="The job store's SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db "
+    "for several servers (default: sqlite:///HOME/jobs.db; $COMPRESSOR_DB keeps a password out of the command line).")]
 
 
 def _missing_extra(e: ImportError):
@@ -51,7 +52,7 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest teacher upload, "
                                                  "MiB (a token's own limit replaces it).")] = 2048.0,
     artifacts: Annotated[Optional[str], typer.Option(
-        "--artifacts", help="The artifact store (teachers, checkpoints, artifacts): a directory or any fsspec URL, "
+        "--artifacts", envvar="COMPRESSOR_ARTIFACTS", help="The artifact store (teachers, checkpoints, artifacts): a directory or any fsspec URL, "
         "e.g. s3://bucket/prefix (default: --home). With --ray-address, every node must reach it.")] = None,
     artifacts_endpoint: Annotated[Optional[str], typer.Option(
         "--artifacts-endpoint", help="The endpoint URL of an S3-compatible store (MinIO, Ceph, ...; default "

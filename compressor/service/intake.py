@@ -8,8 +8,9 @@
   accepted (no client names a path on the server), and `data.name` is one of the server's datasets, which the
   server maps to its own kind and path. Output paths, --resume/--force and --trust-teacher are not recipe keys:
   the API's request model has no field for them and refuses them by name.
-- `device: cuda` needs a GPU somewhere in the Ray cluster (refused at submit when no node has one); `auto` is
-  cuda when the cluster has a GPU, else cpu — decided here, so the job asks Ray for what it will use.
+- `device: cuda` needs a GPU somewhere in the Ray cluster: refused at submit on the embedded Ray when this machine
+  has none; on a cluster (--ray-address) the job waits, queued, for a GPU node to join. `auto` is cuda when the
+  cluster has a GPU, else cpu — decided here, so the job asks Ray for what it will use.
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ def parse_yaml(text: str) -> dict:
     return raw
 
 
-def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], gpus_in_cluster: float) -> Accepted:
-    """The recipe a job will run, or one UserError listing every problem (HTTP 422)."""
+def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], gpus_in_cluster: float,
+                 gpu_may_join: bool = False) -> Accepted:
+    """The recipe a job will run, or one UserError listing every problem (HTTP 422). `gpu_may_join`: the cluster
+    is one nodes join (--ray-address), so a cuda job without a GPU node now waits for one instead of being
+    refused."""
     raw = apply_overrides(parse_yaml(text), overrides)
     data = raw.get("data")
     if data is None:
@@ -132,7 +136,7 @@ def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], 
         raise UserError(*problems)
     data["name"], data["root"] = dataset.kind, dataset.root
     recipe = validate_recipe(raw, "recipe")
-    if recipe.device == "cuda" and gpus_in_cluster < 1:
+    if recipe.device == "cuda" and gpus_in_cluster < 1 and not gpu_may_join:
         raise UserError("device: cuda needs a GPU worker, and no node of this server's Ray cluster has a GPU; "
                         "use device: cpu (or auto), or ask the operator for a GPU node")
     device = "cuda" if recipe.device == "cuda" or (recipe.device == "auto" and gpus_in_cluster >= 1) else "cpu"

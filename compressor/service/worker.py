@@ -171,7 +171,7 @@ def _attempt(spec: dict, board, store, work: Path, fence: Fence) -> dict:
     node_id = _node_id()
     node = f"{socket.gethostname()} (node {node_id[:8]})" if node_id else socket.gethostname()
     record = {"attempt": attempt, "resume": spec["resume"], "state_existed": state_existed, "pid": os.getpid(),
-              "node": node, "node_id": node_id, "fetched": len(fetched),
+              "node": node, "node_id": node_id, "scratch": str(work.parent), "fetched": len(fetched),
               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "started_unix": time.time()}
     _append_attempt(store, job_id, work, record)
     board.push.remote(job_id, attempt, {"kind": "started", "pid": os.getpid(), "node": node})
