@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 RUN    ?= runs/fashion_at
 
-.PHONY: demo teacher test data venv clean bench bench-venv browser
+.PHONY: demo teacher test data venv clean bench bench-venv browser postgres
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,7 +53,17 @@ browser:
 		echo "apt could not install chromium and chromium-driver: the web page test will fail"; \
 	fi
 
-test: data browser
+# The service's store tests run against a real PostgreSQL server, which they start themselves in a temporary folder
+# (initdb + pg_ctl, as the postgres user when run as root): Debian's postgresql, installed here where apt exists.
+# Without it those tests fail rather than skip. (S3 is moto's standalone server, from the dev extra.)
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -qq postgresql >/dev/null 2>&1 || \
+		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)) || \
+		echo "apt could not install postgresql: the service's PostgreSQL tests will fail"; \
+	fi
+
+test: data browser postgres
 	$(PY) -m pytest -q
 
 # Throughput against the floor and against torchdistill, then ONNX vs eager latency (docs/BENCHMARKS.md).

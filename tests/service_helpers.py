@@ -51,8 +51,8 @@ def service_env(home: Path) -> dict:
 class Server:
     """`compress serve` in a subprocess, listening on 127.0.0.1 only."""
 
-    def __init__(self, home: Path, port: int | None = None, *args: str):
-        self.home, self.port, self.args = home, port or free_port(), args
+    def __init__(self, home: Path, port: int | None = None, *args: str, env: dict | None = None):
+        self.home, self.port, self.args, self.env = home, port or free_port(), args, env or {}
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = None
 
@@ -61,7 +61,7 @@ class Server:
         self.log = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
         self.proc = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(self.port),
                                       "--home", str(self.home), *self.args], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=service_env(self.home), cwd=ROOT, start_new_session=True)
+                                     env={**service_env(self.home), **self.env}, cwd=ROOT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -123,9 +123,9 @@ class Api:
         assert r.status_code in (200, 201), r.text
         return sha
 
-    def submit(self, sha: str, recipe: str, overrides=(), key: str | None = None) -> dict:
+    def submit(self, sha: str, recipe: str, overrides=(), key: str | None = None, **fields) -> dict:
         r = self.http.post("/v1/jobs", json={"teacher_sha256": sha, "recipe": recipe, "overrides": list(overrides),
-                                             "idempotency_key": key})
+                                             "idempotency_key": key, **fields})
         assert r.status_code in (200, 201), r.text
         return r.json()
 

@@ -359,6 +359,7 @@ def test_web_page_in_a_real_browser(service, ci_run, tmp_path):
     """Log in with the token, see the finished jobs listed, open one: its report rendered with its figures loaded,
     its downloads. The screenshot goes to $COMPRESSOR_SCREENSHOT_DIR when set (docs/ has one)."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     server, tokens = service
     _, _, _, api = ci_run
@@ -369,6 +370,8 @@ def test_web_page_in_a_real_browser(service, ci_run, tmp_path):
         assert browser.current_url.endswith("/login")  # no token, no page
         browser.find_element(By.NAME, "token").send_keys(tokens["alice"])
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # the login's redirect may still be loading on a busy machine (this failed once under a load of 7)
+        WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.ID, "jobs"))
         table = browser.find_element(By.ID, "jobs")
         assert job["id"] in table.text and "succeeded" in table.text and "gate_failed" in table.text
         assert "alice" in table.text and "× @1" in table.text and "max_abs_diff" in table.text

@@ -19,7 +19,8 @@ HomeOption = Annotated[Optional[Path], typer.Option(
     "--home", help="Where the server keeps its store, teachers and jobs (default $COMPRESSOR_HOME or "
     "~/.compressor/service).")]
 DbOption = Annotated[Optional[str], typer.Option(
-    "--db", help="The job store's SQLAlchemy URL (default: sqlite:///HOME/jobs.db).")]
+    "--db", envvar="COMPRESSOR_DB", help="The job store's SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db "
+    "for several servers (default: sqlite:///HOME/jobs.db; $COMPRESSOR_DB keeps a password out of the command line).")]
 
 
 def _missing_extra(e: ImportError):
@@ -49,7 +50,25 @@ def serve(
     max_attempts: Annotated[int, typer.Option("--max-attempts", min=1, help="Attempts of a job whose worker "
                                               "dies (each resumes from the last checkpoint).")] = 3,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest teacher upload, "
-                                                 "MiB.")] = 2048.0,
+                                                 "MiB (a token's own limit replaces it).")] = 2048.0,
+    artifacts: Annotated[Optional[str], typer.Option(
+        "--artifacts", envvar="COMPRESSOR_ARTIFACTS", help="The artifact store (teachers, checkpoints, artifacts): a directory or any fsspec URL, "
+        "e.g. s3://bucket/prefix (default: --home). With --ray-address, every node must reach it.")] = None,
+    artifacts_endpoint: Annotated[Optional[str], typer.Option(
+        "--artifacts-endpoint", help="The endpoint URL of an S3-compatible store (MinIO, Ceph, ...; default "
+        "$AWS_ENDPOINT_URL, else AWS). Credentials come from the usual AWS variables or files.")] = None,
+    max_queued_per_token: Annotated[int, typer.Option(
+        "--max-queued-per-token", min=0, help="Queued jobs a token may have at once; more are refused (429). 0: no "
+        "limit. A token's own limit replaces it.")] = 100,
+    job_timeout_minutes: Annotated[Optional[float], typer.Option(
+        "--job-timeout-minutes", min=0.01, help="Running time a job may take over all its attempts; then it is "
+        "stopped (state saved) and failed. Default: no limit.")] = None,
+    retention_days: Annotated[float, typer.Option(
+        "--retention-days", min=0, help="Finished jobs' files and rows are removed this many days after they "
+        "finished, and teachers no job used for as long. 0: keep everything.")] = 30.0,
+    lease_seconds: Annotated[float, typer.Option(
+        "--lease-seconds", min=1, help="A server (sharing --db) that has not beaten for this long is gone: its "
+        "running jobs are re-queued to resume elsewhere.")] = 30.0,
 ) -> None:
     """Run the job service: an HTTP API under /v1 (OpenAPI at /docs), the web page at /, jobs on Ray.
 
@@ -63,7 +82,11 @@ def serve(
     cfg = ServerConfig(home=(home or default_home()).resolve(), host=host, port=port, db_url=db,
                        datasets=parse_datasets(dataset), ray_address=ray_address, ray_cpus=ray_cpus,
                        cpus_per_job=cpus_per_job, max_attempts=max_attempts,
-                       max_upload_bytes=int(max_upload_mb * 1024 * 1024))
+                       max_upload_bytes=int(max_upload_mb * 1024 * 1024), artifacts_url=artifacts,
+                       artifacts_endpoint=artifacts_endpoint, max_queued_per_token=max_queued_per_token,
+                       job_timeout_seconds=int(job_timeout_minutes * 60) if job_timeout_minutes else None,
+                       retention_days=retention_days, lease_seconds=lease_seconds,
+                       heartbeat_seconds=min(2.0, lease_seconds / 3))
     try:
         from compressor.service.app import serve as run
     except ImportError as e:
@@ -76,6 +99,10 @@ def serve(
 def create(
     name: Annotated[str, typer.Argument(help="Who the token is for (unique), e.g. ci-main.")],
     admin: Annotated[bool, typer.Option("--admin", help="May see and cancel every token's jobs.")] = False,
+    max_queued: Annotated[Optional[int], typer.Option("--max-queued", min=0, help="Queued jobs this token may have "
+                                                      "at once (0: no limit; default: the server's).")] = None,
+    max_upload_mb: Annotated[Optional[float], typer.Option("--max-upload-mb", min=0.001, help="This token's "
+                                                           "largest teacher upload, MiB (default: the server's).")] = None,
     home: HomeOption = None,
     db: DbOption = None,
 ) -> None:
@@ -91,6 +118,7 @@ def create(
     cfg.prepare()
     store = Store(cfg.url)
     store.migrate()
-    token = create_token(store, name, admin)
+    token = create_token(store, name, admin, max_queued=max_queued,
+                         max_upload_bytes=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None)
     store.close()
     typer.echo(token)

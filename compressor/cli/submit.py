@@ -26,6 +26,14 @@ def submit(
                                                "re-attaches to its job instead of starting another (default: a "
                                                "new key per call).")] = None,
     detach: Annotated[bool, typer.Option("--detach", help="Print the job's id and exit 0 once it is queued.")] = False,
+    cpus: Annotated[Optional[int], typer.Option("--cpus", min=1, help="CPUs the job needs (default: the server's "
+                                                "--cpus-per-job).")] = None,
+    memory_gb: Annotated[Optional[float], typer.Option("--memory-gb", min=0.001, help="Memory the cluster reserves "
+                                                       "for the job, GiB.")] = None,
+    worker: Annotated[Optional[str], typer.Option("--worker", help="A worker kind: run only on nodes that offer "
+                                                  "this Ray custom resource (e.g. a100).")] = None,
+    timeout_minutes: Annotated[Optional[float], typer.Option("--timeout-minutes", min=0.01, help="Stop the job "
+                                                             "(state saved, failed) past this running time.")] = None,
 ) -> None:
     """Upload TEACHER (skipped when the server has it), submit the recipe, follow the job, download its artifacts,
     and exit as `compress distill` would: 0 passed, 1 a gate failed, 2 bad input, 130 cancelled.
@@ -53,7 +61,8 @@ def submit(
         size = teacher.stat().st_size
         console.print(f"uploading {teacher.name} ({size / 1e6:.1f} MB, sha256 {sha[:12]}…)", highlight=False)
         client.upload_teacher(teacher, sha)
-    job = client.submit(sha, text, list(set_ or []), key or f"submit-{uuid.uuid4()}")
+    resources = {k: v for k, v in (("cpus", cpus), ("memory_gb", memory_gb), ("worker", worker)) if v is not None}
+    job = client.submit(sha, text, list(set_ or []), key or f"submit-{uuid.uuid4()}", resources, timeout_minutes)
     console.print(f"job {job['id']} {job['state']}: {client.server}/jobs/{job['id']}", highlight=False)
     if detach:
         typer.echo(job["id"])

@@ -15,20 +15,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compressor.service import auth
-from compressor.service.artifacts import LocalArtifacts
 from compressor.service.config import ServerConfig, version
-from compressor.service.store import Job, Store
-
-
-class ApiError(Exception):
-    """A refusal: the status and one line per problem."""
-
-    def __init__(self, status: int, *problems: str, headers: dict | None = None):
-        self.status, self.problems, self.headers = status, list(problems), headers
-
-
-def problem(status: int, problems: list[str], headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"detail": "\n".join(problems), "problems": problems}, status_code=status, headers=headers)
+from compressor.service.deps import ApiError, problem
+from compressor.service.store import Store
 
 
 def create_app(cfg: ServerConfig, *, run_jobs: bool = True) -> FastAPI:
@@ -39,7 +28,7 @@ def create_app(cfg: ServerConfig, *, run_jobs: bool = True) -> FastAPI:
     cfg.prepare()
     store = Store(cfg.url)
     store.migrate()
-    artifacts = LocalArtifacts(cfg.home)
+    artifacts = cfg.artifacts()
     runner = Runner(cfg, store, artifacts) if run_jobs else None
 
     @contextlib.asynccontextmanager
@@ -80,43 +69,32 @@ def create_app(cfg: ServerConfig, *, run_jobs: bool = True) -> FastAPI:
     return app
 
 
-def caller(request: Request) -> auth.Caller:
-    """The dependency every call but health has: the bearer token's caller, or 401. The web pages' cookie counts
-    for GET only (a page never changes anything, and the cookie is SameSite=Strict)."""
-    token = auth.bearer(request.headers.get("authorization"))
-    if token is None and request.method in ("GET", "HEAD"):
-        token = request.cookies.get(auth.COOKIE)
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if token is None:
-        raise ApiError(401, "missing bearer token: send Authorization: Bearer <token> (compress serve token create "
-                            "NAME makes one; compress submit reads it from COMPRESSOR_TOKEN)", headers=challenge)
-    who = auth.caller_for(request.app.state.store, token)
-    if who is None:
-        raise ApiError(401, "invalid token: not one this server issued", headers=challenge)
-    return who
-
-
-def visible_job(request: Request, who: auth.Caller, job_id: str, s) -> Job:
-    """The job, if the caller may see it; another token's job is as absent as one that never existed (404)."""
-    job = s.get(Job, job_id)
-    if job is None or not who.may_see(job.token_id):
-        raise ApiError(404, f"job {job_id} not found")
-    return job
-
-
 def serve(cfg: ServerConfig) -> None:
     """`compress serve`: migrate the store, refuse to listen beyond loopback without tokens, run uvicorn."""
     import uvicorn
 
-    from compressor.core.errors import UserError
+    from compressor.core.errors import UserError, first_line
     from compressor.core.progress import console
     from compressor.service.config import is_loopback
 
     cfg.prepare()
-    store = Store(cfg.url)
-    store.migrate()
+    try:
+        store = Store(cfg.url)
+        store.migrate()
+    except ImportError as e:  # a database driver that is not installed
+        raise UserError(f"--db: no driver for {cfg.url.split('://')[0]} ({e.name} is missing)") from None
+    except Exception as e:  # the database cannot be reached, or refuses
+        raise UserError(f"--db: cannot open the job store ({type(e).__name__}: {first_line(e)})") from None
     tokens = auth.token_count(store)
     store.close()
+    try:
+        artifacts = cfg.artifacts()
+        artifacts.check()
+    except ImportError as e:
+        raise UserError(f"--artifacts: no fsspec implementation for {cfg.store_url} ({e})") from None
+    except Exception as e:
+        raise UserError(f"--artifacts: cannot reach the artifact store {cfg.store_url} "
+                        f"({type(e).__name__}: {first_line(e)})") from None
     if tokens == 0 and not is_loopback(cfg.host):
         raise UserError(f"--host {cfg.host}: no tokens are configured, so the server listens on loopback only; "
                         "create one first (compress serve token create NAME)")
@@ -126,5 +104,10 @@ def serve(cfg: ServerConfig) -> None:
     engine = f"Ray at {cfg.ray_address}" if cfg.ray_address else (
         f"a local Ray ({cfg.ray_cpus or 'all'} CPUs)")
     console.print(f"compress serve: http://{cfg.host}:{cfg.port}/ (API /v1, OpenAPI /docs); home {cfg.home}; "
-                  f"store {cfg.url.split('://')[0]}; jobs on {engine}; datasets {', '.join(sorted(cfg.datasets))}")
+                  f"store {cfg.url.split('://')[0]}; artifacts {artifacts.describe()}; jobs on {engine}; "
+                  f"datasets {', '.join(sorted(cfg.datasets))}", highlight=False)
+    if cfg.ray_address and artifacts.local:
+        console.print(f"note: the artifact store is the local directory {artifacts.root}: every node of the Ray "
+                      "cluster must see it at that path (a shared filesystem), else use --artifacts s3://...",
+                      highlight=False)
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=10)

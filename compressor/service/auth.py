@@ -39,15 +39,18 @@ def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(store: Store, name: str, admin: bool = False) -> str:
-    """A new token for NAME (returned once; only its hash is kept). A name already taken is a UserError."""
+def create_token(store: Store, name: str, admin: bool = False, max_queued: int | None = None,
+                 max_upload_bytes: int | None = None) -> str:
+    """A new token for NAME (returned once; only its hash is kept), with its own quotas if given (None: the
+    server's). A name already taken is a UserError."""
     if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,100}", name):
         raise UserError(f"token name {name!r}: letters, digits and _ . @ - only, at most 100")
     token = PREFIX + secrets.token_urlsafe(32)
     with store.session() as s:
         if s.scalar(select(Token).where(Token.name == name)) is not None:
             raise UserError(f"token name {name!r} is taken; choose another")
-        s.add(Token(name=name, token_hash=digest(token), admin=admin))
+        s.add(Token(name=name, token_hash=digest(token), admin=admin, max_queued=max_queued,
+                    max_upload_bytes=max_upload_bytes))
     return token
 
 

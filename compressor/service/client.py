@@ -95,8 +95,13 @@ class Client:
                           headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
                           timeout=max(self.timeout, 600))
 
-    def submit(self, sha: str, recipe: str, overrides: list[str], key: str | None) -> dict:
+    def submit(self, sha: str, recipe: str, overrides: list[str], key: str | None, resources: dict | None = None,
+               timeout_minutes: float | None = None) -> dict:
         body = {"teacher_sha256": sha, "recipe": recipe, "overrides": overrides, "idempotency_key": key}
+        if resources:
+            body["resources"] = resources
+        if timeout_minutes is not None:
+            body["timeout_minutes"] = timeout_minutes
         return self._json("POST", "/v1/jobs", body)  # retried with the same key: never two jobs
 
     def job(self, job_id: str) -> dict:

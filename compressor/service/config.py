@@ -1,9 +1,11 @@
-"""The server's settings: where it keeps things (its home), which datasets clients may name, its limits.
+"""The server's settings: where it keeps things (its home, the job store, the artifact store), which datasets
+clients may name, its limits.
 
     <home>/                     $COMPRESSOR_HOME or ~/.compressor/service (`compress serve --home`)
-        jobs.db                 the job store (SQLite), unless --db names another SQLAlchemy URL
-        teachers/<sha256>.pt    uploaded teachers, content-addressed
-        jobs/<id>/              a job's directory: out/ (what `compress distill` writes), job.log, attempts.jsonl
+        jobs.db                 the job store (SQLite), unless --db names another SQLAlchemy URL (PostgreSQL)
+        teachers/<sha256>.pt    uploaded teachers, content-addressed  } the artifact store, unless --artifacts
+        jobs/<id>/              a job's files: out/, job.log, ...      } names another fsspec URL (s3://...)
+        uploads/                teachers being received and checked, before they go to the artifact store
         ray_auth_token          the embedded Ray's token (RAY_AUTH_MODE=token), mode 0600
 
 Datasets are named: the built-in Fashion-MNIST (`fashion_mnist`, from $COMPRESSOR_DATA or ./data), plus each
@@ -90,23 +92,34 @@ class ServerConfig:
     ray_cpus: int | None = None  # the local Ray's CPUs (None: all of this machine's)
     cpus_per_job: int = 1  # what a CPU job asks Ray for; a cuda job asks for 1 GPU besides
     max_attempts: int = 3  # a job whose worker dies is retried from its last checkpoint up to this many attempts
-    max_upload_bytes: int = 2 * 1024**3
+    max_upload_bytes: int = 2 * 1024**3  # a token's own limit (token create --max-upload-mb) replaces it
+    max_queued_per_token: int = 100  # queued jobs a token may have at once (0: no limit); a token's own replaces it
+    job_timeout_seconds: int | None = None  # running time a job may take over all its attempts (None: no limit)
+    retention_days: float = 30.0  # finished jobs (files and rows) are removed this long after they finished (0: never)
+    retention_every: float = 600.0  # seconds between retention sweeps
+    artifacts_url: str | None = None  # any fsspec URL (s3://bucket/prefix); None: the home directory
+    artifacts_endpoint: str | None = None  # an S3-compatible store's endpoint URL (else $AWS_ENDPOINT_URL, AWS)
     poll_seconds: float = 0.25  # the dispatcher's round: progress drained, finished attempts collected, jobs started
+    heartbeat_seconds: float = 2.0  # how often the server beats, takes over lost jobs and enforces stops
+    lease_seconds: float = 30.0  # a server that has not beaten for this long is gone: its jobs are re-queued
+    handover_seconds: float = 60.0  # how long a stopping server waits for its workers to save their state
 
     @property
     def url(self) -> str:
         return self.db_url or f"sqlite:///{self.home / 'jobs.db'}"
 
     @property
-    def teachers(self) -> Path:
-        return self.home / "teachers"
+    def store_url(self) -> str:
+        return self.artifacts_url or str(self.home)
 
-    @property
-    def jobs(self) -> Path:
-        return self.home / "jobs"
+    def artifacts(self):
+        from compressor.service.artifacts import Artifacts, store_options
+
+        endpoint = self.artifacts_endpoint or os.environ.get("AWS_ENDPOINT_URL")
+        return Artifacts(self.store_url, store_options(self.store_url, endpoint), spool=self.home / "uploads")
 
     def prepare(self) -> None:
-        for folder in (self.home, self.teachers, self.jobs):
+        for folder in (self.home, self.home / "uploads"):
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:

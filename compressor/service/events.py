@@ -16,9 +16,10 @@ import json
 import time
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
-from compressor.service.app import ApiError, caller, visible_job
+from compressor.service.deps import ApiError, caller, visible_job
 from compressor.service.auth import Caller
 from compressor.service.schemas import JobOut
 
@@ -61,8 +62,8 @@ async def events(job_id: str, request: Request, offset: int = 0, who: Caller = D
         seen_state, seen_seq, at = None, None, max(offset, 0)
         deadline = time.monotonic() + STREAM_SECONDS
         while True:
-            try:
-                job = snapshot(request, who, job_id)
+            try:  # the store and the artifact store off the event loop: other requests go on meanwhile
+                job = await run_in_threadpool(snapshot, request, who, job_id)
             except ApiError:  # deleted while we streamed
                 yield sse("end", {"state": "deleted", "exit_code": None, "offset": at})
                 return
@@ -74,7 +75,7 @@ async def events(job_id: str, request: Request, offset: int = 0, who: Caller = D
                 seen_seq = seq
                 yield sse("progress", job.progress)
             while True:
-                text, at_next = artifacts.read_log(job_id, at)
+                text, at_next = await run_in_threadpool(artifacts.read_log, job_id, at)
                 if not text:
                     break
                 at = at_next

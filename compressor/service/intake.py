@@ -8,8 +8,9 @@
   accepted (no client names a path on the server), and `data.name` is one of the server's datasets, which the
   server maps to its own kind and path. Output paths, --resume/--force and --trust-teacher are not recipe keys:
   the API's request model has no field for them and refuses them by name.
-- `device: cuda` needs a GPU somewhere in the Ray cluster (refused at submit when no node has one); `auto` is
-  cuda when the cluster has a GPU, else cpu — decided here, so the job asks Ray for what it will use.
+- `device: cuda` needs a GPU somewhere in the Ray cluster: refused at submit on the embedded Ray when this machine
+  has none; on a cluster (--ray-address) the job waits, queued, for a GPU node to join. `auto` is cuda when the
+  cluster has a GPU, else cpu — decided here, so the job asks Ray for what it will use.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def check_teacher(path: Path, shown: str) -> str:
                         "upload its state_dict (torch.save(model.state_dict(), ...)) with teacher.arch, or a "
                         "compressor checkpoint")
     try:
-        obj = ckpt_io.load_trusted_dict(path)
+        obj = _weights_only(path)
     except UserError as e:
         problems = [own(p).replace(", or pass --trust-teacher if you trust this file", "; the service never "
                                    "unpickles a teacher") for p in e.problems]
@@ -77,6 +78,20 @@ def check_teacher(path: Path, shown: str) -> str:
         return "state_dict"
     raise UserError(f"{shown}: neither a compressor checkpoint nor a state_dict (a mapping of parameter names to "
                     "tensors)")
+
+
+def _weights_only(path: Path):
+    """The upload loaded weights-only and memory-mapped: its tensors stay on disk (a 500 MB teacher does not come
+    into the server's memory to be checked). Anything that fails is loaded again the library's way, for its
+    one-line message (and for the old, unmappable format)."""
+    import torch
+
+    from compressor.models import checkpoint as ckpt_io
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return ckpt_io.load_trusted_dict(path)
 
 
 def parse_yaml(text: str) -> dict:
@@ -98,8 +113,11 @@ def parse_yaml(text: str) -> dict:
     return raw
 
 
-def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], gpus_in_cluster: float) -> Accepted:
-    """The recipe a job will run, or one UserError listing every problem (HTTP 422)."""
+def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], gpus_in_cluster: float,
+                 gpu_may_join: bool = False) -> Accepted:
+    """The recipe a job will run, or one UserError listing every problem (HTTP 422). `gpu_may_join`: the cluster
+    is one nodes join (--ray-address), so a cuda job without a GPU node now waits for one instead of being
+    refused."""
     raw = apply_overrides(parse_yaml(text), overrides)
     data = raw.get("data")
     if data is None:
@@ -118,14 +136,20 @@ def check_recipe(text: str, overrides: list[str], datasets: dict[str, Dataset], 
         raise UserError(*problems)
     data["name"], data["root"] = dataset.kind, dataset.root
     recipe = validate_recipe(raw, "recipe")
-    if recipe.device == "cuda" and gpus_in_cluster < 1:
+    if recipe.device == "cuda" and gpus_in_cluster < 1 and not gpu_may_join:
         raise UserError("device: cuda needs a GPU worker, and no node of this server's Ray cluster has a GPU; "
                         "use device: cpu (or auto), or ask the operator for a GPU node")
     device = "cuda" if recipe.device == "cuda" or (recipe.device == "auto" and gpus_in_cluster >= 1) else "cpu"
     return Accepted(recipe, dataset.name, device, 1 if device == "cuda" else 0)
 
 
-def request_hash(teacher_sha256: str, recipe_yaml: str, overrides: list[str]) -> str:
-    """What makes two submissions the same request (for an idempotency key used twice)."""
-    canonical = json.dumps([teacher_sha256, recipe_yaml, list(overrides)], separators=(",", ":"))
+def request_hash(teacher_sha256: str, recipe_yaml: str, overrides: list[str], resources=None,
+                 timeout_minutes: float | None = None) -> str:
+    """What makes two submissions the same request (for an idempotency key used twice). Resources and a timeout
+    count only when given, so a request without them hashes as it did before they existed."""
+    parts = [teacher_sha256, recipe_yaml, list(overrides)]
+    extra = resources.model_dump(exclude_none=True) if resources is not None else {}
+    if extra or timeout_minutes is not None:
+        parts += [extra, timeout_minutes]
+    canonical = json.dumps(parts, separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -4,7 +4,8 @@ delete, artifacts, report). Progress, the event stream and the log are in `event
     GET    /v1/health                              no token needed
     HEAD   /v1/teachers/{sha256}                   200 if the server has it, else 404 (ask before uploading)
     PUT    /v1/teachers/{sha256}?filename=NAME     the file as the body; 201 stored, 200 already there
-    POST   /v1/jobs                                SubmitRequest -> 201 the job (200: the same idempotency key again)
+    POST   /v1/jobs                                SubmitRequest -> 201 the job (200: the same idempotency key again;
+                                                   429: the token's queued jobs are at its quota)
     GET    /v1/jobs[?state=S]                      the caller's jobs (an admin's: everyone's)
     GET    /v1/jobs/{id}                           state, reason, attempts, progress, summary
     POST   /v1/jobs/{id}/cancel                    202; 409 when it already finished
@@ -15,25 +16,24 @@ delete, artifacts, report). Progress, the event stream and the log are in `event
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from compressor.core.errors import UserError
 from compressor.service import intake
-from compressor.service.app import ApiError, caller, visible_job
+from compressor.service.deps import ApiError, caller, visible_job
 from compressor.service.artifacts import HashMismatch, UploadTooLarge
 from compressor.service.auth import Caller
 from compressor.service.config import version
-from compressor.service.reports import Report, read_report
+from compressor.service.reports import Report
 from compressor.service.schemas import ArtifactOut, JobOut, SubmitRequest, TeacherOut
-from compressor.service.store import STATES, Job, Teacher, new_job_id
+from compressor.service.store import STATES, Job, Teacher, Token
+from compressor.service.submit import submit_job
 
 router = APIRouter(prefix="/v1")
 
@@ -61,12 +61,20 @@ def get_teacher(sha256: str, request: Request, who: Caller = Depends(caller)):
         return TeacherOut.model_validate(row, from_attributes=True)
 
 
+def upload_limit(app, who: Caller) -> int:
+    """The caller's upload limit: its token's own, else the server's."""
+    with app.state.store.session() as s:
+        own = s.get(Token, who.id).max_upload_bytes
+    return own if own is not None else app.state.cfg.max_upload_bytes
+
+
 @router.put("/teachers/{sha256}", tags=["teachers"], response_model=TeacherOut, status_code=201)
 async def put_teacher(sha256: str, request: Request, response: Response, filename: str = "teacher.pt",
                       who: Caller = Depends(caller)):
-    """Stream the body to disk under the size limit, check its sha256 and that it loads weights-only."""
+    """Stream the body to the server's disk under the caller's size limit, check its sha256 and that it loads
+    weights-only, then copy it to the artifact store (streamed, in parts)."""
     app, sha = request.app, _sha(sha256)
-    limit = app.state.cfg.max_upload_bytes
+    limit = await run_in_threadpool(upload_limit, app, who)
     shown = filename.replace("/", "_").replace("\\", "_")[:200] or "teacher.pt"
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -88,11 +96,19 @@ async def put_teacher(sha256: str, request: Request, response: Response, filenam
     except UserError as e:
         artifacts.discard(tmp)
         raise ApiError(422, *e.problems) from None
-    artifacts.keep_teacher(tmp, sha)
-    with app.state.store.session() as s:
-        if s.get(Teacher, sha) is None:
-            s.add(Teacher(sha256=sha, size=artifacts.teacher_path(sha).stat().st_size, filename=shown, format=fmt,
-                          uploaded_by=who.id))
+    size = tmp.stat().st_size
+    await run_in_threadpool(artifacts.keep_teacher, tmp, sha)
+    return await run_in_threadpool(_teacher_row, app.state.store, sha, size, shown, fmt, who)
+
+
+def _teacher_row(store, sha: str, size: int, shown: str, fmt: str, who: Caller) -> TeacherOut:
+    try:
+        with store.session() as s:
+            if s.get(Teacher, sha) is None:
+                s.add(Teacher(sha256=sha, size=size, filename=shown, format=fmt, uploaded_by=who.id))
+    except IntegrityError:  # the same teacher uploaded through another server at the same moment
+        pass
+    with store.session() as s:
         return TeacherOut.model_validate(s.get(Teacher, sha), from_attributes=True)
 
 
@@ -125,59 +141,7 @@ async def submit(request: Request, response: Response, who: Caller = Depends(cal
         req = SubmitRequest.model_validate(body)
     except ValidationError as e:
         raise ApiError(422, *[f"{'.'.join(map(str, err['loc'])) or 'request'}: {err['msg']}" for err in e.errors()])
-    return await run_in_threadpool(_submit, request.app, who, req, response)
-
-
-def _submit(app, who: Caller, req: SubmitRequest, response: Response) -> JobOut:
-    store, runner = app.state.store, app.state.runner
-    digest = intake.request_hash(req.teacher_sha256, req.recipe, req.overrides)
-    existing = _same_key(store, who, req.idempotency_key, digest)
-    if existing is not None:
-        response.status_code = 200
-        return existing
-    with store.session() as s:
-        teacher = s.get(Teacher, req.teacher_sha256)
-        if teacher is None:
-            raise ApiError(422, f"teacher_sha256: teacher {req.teacher_sha256} is not on this server; upload it "
-                                f"first (PUT /v1/teachers/{req.teacher_sha256})")
-        teacher_name = teacher.filename
-    gpus = runner.gpus() if runner is not None else 0.0
-    try:
-        accepted = intake.check_recipe(req.recipe, req.overrides, app.state.cfg.datasets, gpus)
-    except UserError as e:
-        raise ApiError(422, *e.problems) from None
-    job_id, cfg = new_job_id(), app.state.cfg
-    try:
-        with store.session() as s:
-            s.add(Job(id=job_id, token_id=who.id, idempotency_key=req.idempotency_key, request_hash=digest,
-                      teacher_sha256=req.teacher_sha256, teacher_name=teacher_name, recipe_yaml=req.recipe,
-                      overrides=req.overrides, recipe=accepted.recipe.model_dump(mode="json"),
-                      recipe_name=accepted.recipe.name, dataset=accepted.dataset, device=accepted.device,
-                      num_cpus=cfg.cpus_per_job, num_gpus=accepted.num_gpus, state="queued",
-                      reason="waiting for the dispatcher to find it a worker", max_attempts=cfg.max_attempts,
-                      attempts=0, progress_seq=0, problems=[]))
-    except IntegrityError:  # the same key submitted twice at the same moment: the other one won
-        existing = _same_key(store, who, req.idempotency_key, digest)
-        if existing is None:
-            raise
-        response.status_code = 200
-        return existing
-    app.state.artifacts.write_request(job_id, req.recipe)
-    with store.session() as s:
-        return JobOut.of(s.get(Job, job_id))
-
-
-def _same_key(store, who: Caller, key: str | None, digest: str) -> JobOut | None:
-    if key is None:
-        return None
-    with store.session() as s:
-        job = s.scalar(select(Job).where(Job.token_id == who.id, Job.idempotency_key == key))
-        if job is None:
-            return None
-        if job.request_hash != digest:
-            raise ApiError(409, f"idempotency_key {key!r} was used for job {job.id} with a different request "
-                                "(teacher, recipe or overrides); use a new key for a new job")
-        return JobOut.of(job)
+    return await run_in_threadpool(submit_job, request.app, who, req, response)
 
 
 @router.get("/jobs", tags=["jobs"], response_model=list[JobOut])
@@ -204,9 +168,9 @@ def cancel(job_id: str, request: Request, who: Caller = Depends(caller)):
         job = visible_job(request, who, job_id, s)
         if job.finished:
             raise ApiError(409, f"job {job_id} already finished ({job.state}); there is nothing to cancel")
-    if app.state.runner is None:
-        raise ApiError(503, "this server runs no jobs")
-    app.state.runner.cancel(job_id, who.name)
+    from compressor.service.dispatch import cancel as cancel_job
+
+    cancel_job(app.state.store, job_id, who.name)  # any server's API: the job's own server stops its worker
     with app.state.store.session() as s:
         return JobOut.of(s.get(Job, job_id))
 
@@ -214,12 +178,14 @@ def cancel(job_id: str, request: Request, who: Caller = Depends(caller)):
 @router.delete("/jobs/{job_id}", tags=["jobs"], status_code=204)
 def delete(job_id: str, request: Request, who: Caller = Depends(caller)):
     app = request.app
-    lock = app.state.runner.lock if app.state.runner is not None else contextlib.nullcontext()
-    with lock, app.state.store.session() as s:
+
+    def drop(s) -> None:
         job = visible_job(request, who, job_id, s)
         if not job.finished:
             raise ApiError(409, f"job {job_id} is {job.state}; cancel it first (POST /v1/jobs/{job_id}/cancel)")
         s.delete(job)
+
+    app.state.store.write(drop)
     app.state.artifacts.delete_job(job_id)
     return Response(status_code=204)
 
@@ -239,10 +205,20 @@ def artifact(job_id: str, name: str, request: Request, who: Caller = Depends(cal
     if name.startswith("/") or ".." in parts or "" in parts or any(p.startswith(".") for p in parts) or "\0" in name:
         raise ApiError(400, f"artifact name {name[:200]!r}: a name from the job's listing (no '..', no absolute or "
                             "hidden path)")
-    path = request.app.state.artifacts.artifact(job_id, name)
-    if path is None:
+    artifacts = request.app.state.artifacts
+    entry = artifacts.artifact(job_id, name)
+    if entry is None:
         raise ApiError(404, f"job {job_id} has no artifact {name[:200]!r} (GET /v1/jobs/{job_id}/artifacts lists them)")
-    return FileResponse(path, filename=path.name)
+    filename = name.rsplit("/", 1)[-1]
+    return StreamingResponse(artifacts.stream(entry["key"]), media_type=_media_type(filename),
+                             headers={"Content-Length": str(entry["size"]),
+                                      "Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+def _media_type(name: str) -> str:
+    import mimetypes
+
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
 @router.get("/jobs/{job_id}/report", tags=["jobs"], response_model=Report)
@@ -250,7 +226,11 @@ def report(job_id: str, request: Request, who: Caller = Depends(caller)):
     with request.app.state.store.session() as s:
         job = visible_job(request, who, job_id, s)
         state = job.state
-    found = read_report(request.app.state.artifacts.out_dir(job_id))
+    raw = request.app.state.artifacts.read_artifact(job_id, "report.json")
+    try:
+        found = json.loads(raw) if raw is not None else None
+    except ValueError:
+        found = None
     if found is None:
         raise ApiError(404, f"job {job_id} has no report ({state})")
     return Report.model_validate(found)

@@ -1,19 +1,25 @@
-"""The engine: jobs run as Ray tasks, dispatched by a thread of the server from the job store.
+"""The engine: jobs run as Ray tasks, dispatched by a thread of the server from the job store; the Ray side of
+the dispatcher (its decisions are `dispatch`'s transactions).
 
 The store is the truth about jobs (what TAO does with Kubernetes: its own records and queue, the cluster only as
-the executor). Every `poll_seconds` the dispatcher
-1. drains the `Board` actor: the workers' progress events and their pids, into the jobs' rows;
-2. collects finished attempts: an outcome from the worker ends the job (or retries it after an `interrupted`);
-   a worker that died (kill -9, out of memory, its node gone) retries the job from its last checkpoint while
-   attempts remain (`max_attempts`, counted and shown) — Ray's own retries are off (max_retries=0) so that each
-   attempt is seen and resumes rather than restarts;
-3. starts queued jobs, oldest first, that fit in what the cluster has free (each asks for `cpus_per_job` CPUs and
-   a GPU when its device is cuda); one that does not fit stays queued with the reason (CPUs busy, or no GPU).
+the executor). Several servers may share one store (PostgreSQL) and one Ray cluster; each registers itself in the
+`servers` table. Every `poll_seconds` a server's dispatcher
+1. drains its `Board` actor: the progress events and pids of the workers it started, into the jobs' rows;
+2. collects its finished attempts: an outcome from the worker ends the job; a worker that died (kill -9, out of
+   memory, its node gone) re-queues the job to resume from its checkpoint in the artifact store while attempts
+   remain (`max_attempts`, counted and shown) — Ray's own retries are off (max_retries=0) so that each attempt is
+   seen and resumes rather than restarts;
+3. starts queued jobs, oldest first, that the cluster can place (`placement`: CPUs, GPU, memory, a worker kind);
+   one that cannot stays queued with the reason (busy, or no node has what it needs).
+Every `heartbeat_seconds` it beats, re-queues the running jobs of servers that stopped beating for `lease_seconds`
+(or died on this host), tells its workers which jobs must stop (cancelled, or past their timeout; a worker that
+does not stop within STOP_GRACE seconds is killed), and removes expired jobs (`retention`).
 
-Reconciliation on start: the tasks of a server that stopped died with it (a Ray driver's tasks end with the
-driver; the embedded Ray itself goes with the server), so every job the store calls `running` is re-queued to
-resume from its checkpoint (or cancelled, if that was asked). A worker of the old server that somehow still held a
-job's folder is detected by the folder's lock (`busy`), and the job waits for it instead of running twice.
+Stopping in order (SIGTERM, a rolling restart): the server stops dispatching, asks its workers to stop (each saves
+its training state and copies it to the store), waits up to `handover_seconds` for them, and re-queues their jobs
+for any server (an attempt handed over does not count against max_attempts). A server killed outright loses its
+workers with it (a Ray driver's tasks end with the driver; a worker whose server is gone also stops by itself and
+writes nothing more, see `worker`), and its jobs are re-queued by the next server that notices.
 
 Ray runs with token authentication (RAY_AUTH_MODE=token); the embedded Ray's token is <home>/ray_auth_token and
 it listens on loopback only.
@@ -26,15 +32,18 @@ import os
 import secrets
 import signal
 import threading
+import time
+import uuid
 
-from compressor.service.artifacts import LocalArtifacts
-from compressor.service.client import describe
+from compressor.service import dispatch, retention
+from compressor.service.artifacts import Artifacts
 from compressor.service.config import ServerConfig
-from compressor.service.reports import read_report, summary
-from compressor.service.store import FINISHED, Attempt, Job, Store, now
+from compressor.service.placement import Cluster, custom
+from compressor.service.store import Store
 
 log = logging.getLogger("compressor.service")
 NAMESPACE = "compressor"
+STOP_GRACE = 60.0  # seconds a worker has to stop after it was told to, before Ray kills it
 
 
 class Board:
@@ -86,12 +95,14 @@ def start_ray(cfg: ServerConfig) -> None:
 
 
 class Runner:
-    def __init__(self, cfg: ServerConfig, store: Store, artifacts: LocalArtifacts):
+    def __init__(self, cfg: ServerConfig, store: Store, artifacts: Artifacts):
         self.cfg, self.store, self.artifacts = cfg, store, artifacts
-        self.lock = threading.Lock()  # every change of a job's state goes through it (API and dispatcher)
-        self.running: dict = {}  # ObjectRef -> job id, the attempts in flight
+        self.id = uuid.uuid4().hex  # this server in the `servers` table
+        self.running: dict = {}  # ObjectRef -> (job id, attempt): this server's attempts in flight
+        self.stop_asked: dict[str, float] = {}  # job id -> when its worker was told to stop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
+        self.last_beat = self.last_sweep = 0.0
 
     def start(self) -> None:
         from compressor.service.worker import run_attempt
@@ -99,36 +110,37 @@ class Runner:
         start_ray(self.cfg)  # before ray is imported here (see start_ray)
         import ray
 
-        self.board = ray.remote(num_cpus=0)(Board).options(name=f"board-{os.getpid()}").remote()
+        self.board = ray.remote(num_cpus=0)(Board).options(name=f"board-{self.id}").remote()
         self.task = ray.remote(run_attempt)
-        self.reconcile()
+        self._beat()
         self.thread.start()
 
     def stop(self) -> None:
+        """Stop in order: no new attempts, this server's running jobs handed over (see the module's docstring)."""
         import ray
 
         self.stopping.set()
         if self.thread.is_alive():
-            self.thread.join(timeout=10)
+            self.thread.join(timeout=30)
+        try:
+            self._hand_over()
+            dispatch.leave(self.store, self.id)
+        except Exception:
+            log.exception("handing the jobs over failed; the next server takes them over when the lease ends")
         ray.shutdown()
 
-    def gpus(self) -> float:
-        import ray
+    def engine(self) -> str:
+        return f"Ray at {self.cfg.ray_address}" if self.cfg.ray_address else "a local Ray"
 
-        return ray.cluster_resources().get("GPU", 0.0)
+    def cluster(self) -> Cluster:
+        return Cluster.from_ray()
+
+    def gpus(self) -> float:
+        return self.cluster().total("GPU")
 
     # called by the API ------------------------------------------------------------------------------------------
     def cancel(self, job_id: str, who: str) -> None:
-        """A queued job is cancelled at once; a running one is told to stop (it saves its state and the worker
-        reports `cancelled`)."""
-        with self.lock, self.store.session() as s:
-            job = s.get(Job, job_id)
-            job.cancel_requested = True
-            if job.state == "queued":
-                self._end(job, "cancelled", f"cancelled by {who} before it started")
-            else:
-                job.reason = f"cancelling (asked by {who}): the job saves its training state and stops"
-                self.board.cancel.remote(job_id)
+        dispatch.cancel(self.store, job_id, who)
 
     # the dispatcher ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -136,138 +148,89 @@ class Runner:
             try:
                 self._drain()
                 self._collect()
-                self._dispatch()
+                if time.monotonic() - self.last_beat >= self.cfg.heartbeat_seconds:
+                    self._beat()
+                if not self.stopping.is_set():
+                    self._dispatch()
+                if self.cfg.retention_days and time.monotonic() - self.last_sweep >= self.cfg.retention_every:
+                    self.last_sweep = time.monotonic()
+                    retention.sweep(self.store, self.artifacts, self.cfg.retention_days)
             except Exception:  # a round that failed (the database busy, Ray restarting) is tried again next round
                 log.exception("dispatcher round failed")
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+        dispatch.heartbeat(self.store, self.id, f"http://{self.cfg.host}:{self.cfg.port}", self.engine())
+        taken = dispatch.take_over(self.store, self.id, self.cfg.lease_seconds)
+        if taken:
+            log.warning("re-queued %d job(s) of servers that stopped: %s", len(taken), ", ".join(taken))
+        self._stop_jobs()
+
+    def _stop_jobs(self) -> None:
+        import ray
+
+        for job_id in dispatch.to_stop(self.store, self.id):
+            if job_id not in self.stop_asked:
+                self.stop_asked[job_id] = time.monotonic()
+                self.board.cancel.remote(job_id)
+            elif time.monotonic() - self.stop_asked[job_id] > STOP_GRACE:
+                for ref, (jid, _) in list(self.running.items()):
+                    if jid == job_id:
+                        ray.cancel(ref, force=True)
 
     def _drain(self) -> None:
         import ray
 
         events = ray.get(self.board.drain.remote(), timeout=30)
-        if not events:
-            return
-        with self.lock, self.store.session() as s:
-            for job_id, attempt, event in events:
-                job = s.get(Job, job_id)
-                if job is None or job.state != "running" or attempt != job.attempts:
-                    continue  # a late event of an attempt that is over
-                if event["kind"] == "started":
-                    run = job.runs[-1]
-                    run.pid, run.node = event["pid"], event["node"]
-                    job.reason = f"running: attempt {attempt} of {job.max_attempts} on {event['node']}"
-                    continue
-                job.progress = {k: v for k, v in event.items() if k != "kind"}
-                if event.get("metrics"):
-                    job.last_metrics = event["metrics"]
-                job.progress_seq += 1
-                if not job.cancel_requested:
-                    job.reason = f"running: attempt {attempt} of {job.max_attempts}, {describe(job.progress)}"
+        dispatch.record_events(self.store, self.id, events)
 
-    def _collect(self) -> None:
+    def _collect(self, timeout: float = 0, handover: bool = False) -> None:
         import ray
 
         if not self.running:
             return
-        done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=0)
+        done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
         for ref in done:
-            job_id = self.running.pop(ref)
+            job_id, attempt = self.running.pop(ref)
+            self.stop_asked.pop(job_id, None)
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as e:  # the worker or its node died: no outcome
                 result = {"outcome": "died", "problems": [str(e).strip().splitlines()[0][:300]]}
-            with self.lock, self.store.session() as s:
-                self._after_attempt(s.get(Job, job_id), result)
-
-    def _after_attempt(self, job: Job, result: dict) -> None:
-        outcome, problems = result["outcome"], result.get("problems") or []
-        run = job.runs[-1]
-        run.ended_at, run.outcome, run.message = now(), outcome, "; ".join(problems)[:2000] or None
-        if outcome == "busy":  # an older attempt still holds the folder: wait for it, this one does not count
-            job.attempts -= 1
-            job.state, job.reason = "queued", "waiting for an earlier attempt's worker to let go of the job's folder"
-            return
-        if outcome in ("died", "interrupted") and job.cancel_requested:
-            outcome = "cancelled"
-        if outcome in ("died", "interrupted"):
-            what = "the worker died" if outcome == "died" else "the worker was interrupted"
-            if job.attempts < job.max_attempts:
-                job.state = "queued"
-                job.reason = (f"{what} during attempt {job.attempts} ({run.message}); it resumes from its last "
-                              f"checkpoint as attempt {job.attempts + 1} of {job.max_attempts}")
-            else:
-                self._end(job, "failed", f"{what} in each of its {job.attempts} attempts; the last: {run.message}")
-            return
-        if outcome in ("succeeded", "gate_failed"):
-            report = read_report(self.artifacts.out_dir(job.id))
-            job.summary = summary(report) if report else None
-        job.problems = problems
-        job.exit_code = result.get("exit_code")
-        reasons = {
-            "succeeded": "every gate passed",
-            "gate_failed": "; ".join(problems) or "a gate failed",
-            "rejected": "; ".join(problems) or "bad input",
-            "cancelled": "cancelled; its training state is kept in the job's folder",
-            "failed": "the job crashed: " + ("; ".join(problems) or "see its log"),
-        }
-        self._end(job, outcome, reasons[outcome])
-
-    def _end(self, job: Job, state: str, reason: str) -> None:
-        job.state, job.reason, job.finished_at = state, reason, now()
+            dispatch.finish_attempt(self.store, self.id, job_id, attempt, result, handover=handover)
 
     def _dispatch(self) -> None:
-        import ray
+        for spec in dispatch.claim(self.store, self.id, self.cluster()):
+            self._submit(spec)
 
-        total = ray.cluster_resources()
-        with self.lock, self.store.session() as s:
-            running = self.store.jobs(s, states=("running",))
-            busy_cpu = sum(j.num_cpus for j in running)
-            busy_gpu = sum(j.num_gpus for j in running)
-            for job in sorted(self.store.jobs(s, states=("queued",)), key=lambda j: (j.created_at, j.id)):
-                cpu_free = total.get("CPU", 0) - busy_cpu
-                gpu_free = total.get("GPU", 0) - busy_gpu
-                if job.num_gpus and total.get("GPU", 0) < job.num_gpus:
-                    wait = "waiting for a GPU worker: no node of the Ray cluster has a GPU now"
-                elif job.num_gpus > gpu_free:
-                    wait = f"waiting for a GPU worker: all {total.get('GPU', 0):g} GPU(s) are busy"
-                elif job.num_cpus > cpu_free:
-                    wait = (f"waiting for a worker: it needs {job.num_cpus} CPU(s), {max(cpu_free, 0):g} of "
-                            f"{total.get('CPU', 0):g} free ({len(running)} job(s) running)")
-                else:
-                    self._start_attempt(job)
-                    running.append(job)
-                    busy_cpu += job.num_cpus
-                    busy_gpu += job.num_gpus
-                    continue
-                if job.reason != wait and not job.reason.startswith(("the worker", "the server", "waiting for an")):
-                    job.reason = wait
+    def _submit(self, spec: dict) -> None:
+        needs = spec.pop("needs")
+        spec["store"] = self.artifacts.spec()
+        options = {"num_cpus": needs.get("CPU", 0), "num_gpus": needs.get("GPU", 0), "max_retries": 0,
+                   "name": f"compressor-{spec['job_id']}-{spec['attempt']}"}
+        if needs.get("memory"):
+            options["memory"] = needs["memory"]
+        if custom(needs):
+            options["resources"] = custom(needs)
+        try:
+            ref = self.task.options(**options).remote(spec, self.board)
+        except Exception as e:  # Ray refused the task: the attempt ends without having run
+            dispatch.finish_attempt(self.store, self.id, spec["job_id"], spec["attempt"],
+                                    {"outcome": "died", "problems": [f"Ray refused the task: {e}"[:300]]})
+            return
+        self.running[ref] = (spec["job_id"], spec["attempt"])
 
-    def _start_attempt(self, job: Job) -> None:
-        job.attempts += 1
-        resume = job.attempts > 1
-        job.runs.append(Attempt(number=job.attempts, resume=resume))
-        job.state = "running"
-        job.started_at = job.started_at or now()
-        job.reason = f"starting a worker for attempt {job.attempts} of {job.max_attempts}"
-        spec = {"job_id": job.id, "attempt": job.attempts, "resume": resume, "device": job.device,
-                "teacher": str(self.artifacts.teacher_path(job.teacher_sha256)),
-                "out": str(self.artifacts.out_dir(job.id)), "log": str(self.artifacts.log_path(job.id)),
-                "recipe": job.recipe}
-        ref = self.task.options(num_cpus=job.num_cpus, num_gpus=job.num_gpus, max_retries=0,
-                                name=f"compressor-{job.id}-{job.attempts}").remote(spec, self.board)
-        self.running[ref] = job.id
-
-    def reconcile(self) -> None:
-        """On start: the store's `running` jobs have no task any more (see the module's docstring)."""
-        with self.lock, self.store.session() as s:
-            for job in self.store.jobs(s, states=("running",)):
-                run = job.runs[-1] if job.runs else None
-                if run is not None and run.ended_at is None:
-                    run.ended_at, run.outcome, run.message = now(), "lost", "the server stopped while it ran"
-                if job.cancel_requested:
-                    self._end(job, "cancelled", "cancelled; the server stopped before the job did")
-                elif job.attempts < job.max_attempts:
-                    job.state = "queued"
-                    job.reason = (f"the server restarted while attempt {job.attempts} ran; it resumes from its last "
-                                  f"checkpoint as attempt {job.attempts + 1} of {job.max_attempts}")
-                else:
-                    self._end(job, "failed", f"the server stopped during its last attempt ({job.attempts})")
+    def _hand_over(self) -> None:
+        """Ask this server's workers to stop, wait for them (their state reaches the store), re-queue their jobs."""
+        if not self.running:
+            return
+        for job_id, _ in self.running.values():
+            self.board.cancel.remote(job_id)
+        deadline = time.monotonic() + self.cfg.handover_seconds
+        while self.running and time.monotonic() < deadline:
+            self._drain()
+            self._collect(timeout=1.0, handover=True)
+        for ref, (job_id, attempt) in list(self.running.items()):  # still running: they die with this driver
+            dispatch.finish_attempt(self.store, self.id, job_id, attempt,
+                                    {"outcome": "died", "problems": ["the server stopped before the worker did"]})
+        self.running.clear()

@@ -5,10 +5,30 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compressor.service.artifacts import LocalArtifacts
+from compressor.service.artifacts import Artifacts
 from compressor.service.store import EXIT_CODES, FINISHED, Job
+
+RAY_OWN = ("CPU", "GPU", "memory", "object_store_memory")  # Ray's own resources: not worker kinds
+
+
+class Resources(BaseModel):
+    """What the job asks the cluster for besides what its recipe implies (a GPU when its device is cuda)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: int | None = Field(None, ge=1, le=1024, description="CPUs (default: the server's --cpus-per-job)")
+    memory_gb: float | None = Field(None, gt=0, le=1 << 16, description="memory Ray reserves for the job, GiB")
+    worker: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$",
+                               description="a worker kind: the job runs only on nodes started with this Ray custom "
+                                           "resource (ray start --resources '{\"a100\": 1}')")
+
+    @field_validator("worker")
+    @classmethod
+    def _not_ray_own(cls, value: str | None) -> str | None:
+        if value is not None and (value in RAY_OWN or value.startswith("node:")):
+            raise ValueError(f"{value!r} is one of Ray's own resources, not a worker kind")
+        return value
 
 
 class SubmitRequest(BaseModel):
@@ -21,6 +41,9 @@ class SubmitRequest(BaseModel):
                                  max_length=200)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
                                         description="the same key twice (per token) -> the same job, never two")
+    resources: Resources = Field(default_factory=Resources)
+    timeout_minutes: float | None = Field(None, gt=0, le=525600, description="running time allowed over all "
+                                          "attempts (at most the server's --job-timeout-minutes)")
 
 
 class TeacherOut(BaseModel):
@@ -55,7 +78,8 @@ class JobOut(BaseModel):
     dataset: str
     overrides: list[str]
     device: str
-    resources: dict
+    resources: dict = Field(description="what the job asks Ray for: CPU, GPU, memory (bytes), a worker kind")
+    timeout_seconds: int | None
     attempts: int
     max_attempts: int
     attempt_history: list[AttemptOut]
@@ -77,7 +101,7 @@ class JobOut(BaseModel):
             (EXIT_CODES[job.state] if job.state in FINISHED else None),
             problems=job.problems or [], owner=job.owner.name, teacher_sha256=job.teacher_sha256,
             teacher_name=job.teacher_name, recipe_name=job.recipe_name, dataset=job.dataset,
-            overrides=job.overrides or [], device=job.device, resources={"CPU": job.num_cpus, "GPU": job.num_gpus},
+            overrides=job.overrides or [], device=job.device, resources=job.needs, timeout_seconds=job.timeout_seconds,
             attempts=job.attempts, max_attempts=job.max_attempts,
             attempt_history=[AttemptOut.model_validate(a, from_attributes=True) for a in job.runs],
             cancel_requested=job.cancel_requested, progress=job.progress, last_metrics=job.last_metrics,
@@ -93,7 +117,7 @@ class ArtifactOut(BaseModel):
     url: str
 
     @classmethod
-    def listing(cls, store: LocalArtifacts, job_id: str) -> list[ArtifactOut]:
+    def listing(cls, store: Artifacts, job_id: str) -> list[ArtifactOut]:
         return [cls(name=a["name"], size=a["size"], url=f"/v1/jobs/{job_id}/artifacts/{a['name']}")
                 for a in store.list(job_id)]
 

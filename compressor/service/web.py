@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from compressor.service import auth
-from compressor.service.app import ApiError, caller, visible_job
+from compressor.service.deps import ApiError, caller, visible_job
 from compressor.service.client import describe
 from compressor.service.schemas import ArtifactOut, JobOut
 
@@ -70,8 +70,8 @@ def job_page(job_id: str, request: Request):
             return page("login.html", status=404, who=who, error=e.problems[0])
     artifacts = request.app.state.artifacts
     log_text, log_offset = artifacts.read_log(job_id)
-    report_md = artifacts.artifact(job_id, "report.md")
-    report_html = render_report(report_md.read_text(encoding="utf-8"), job_id) if report_md else None
+    report_md = artifacts.read_artifact(job_id, "report.md")
+    report_html = render_report(report_md.decode("utf-8", errors="replace"), job_id) if report_md else None
     return page("job.html", who=who, job=job, artifacts=ArtifactOut.listing(artifacts, job_id),
                 report_html=report_html, log_text=log_text, log_offset=log_offset,
                 progress_line=describe(job.progress) if job.progress else "")
