@@ -25,10 +25,18 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "compressor-test", "AWS_SECRET_ACCESS_KEY": "comp
           "AWS_DEFAULT_REGION": "us-east-1"}
 
 
+# ports a `ray start` node takes by default besides the one it is given (dashboard 8265, its agent 52365, the
+# client server 10001, the workers 10002-19999): a head given one of them refuses to start
+RAY_DEFAULT_PORTS = {6379, 8265, 10001, 52365, *range(10002, 20000)}
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def pg_bindir() -> Path:
@@ -201,8 +209,10 @@ class RayNode:
             self.proc.wait(10)
 
 
-def wait_for_nodes(address: str, env: dict, names: list[str], timeout: float = 120) -> None:
-    """Until the cluster at `address` has the named nodes alive (asked by a separate driver process)."""
+def wait_for_nodes(address: str, env: dict, names: list[str], timeout: float = 120,
+                   log_dir: Path | None = None) -> None:
+    """Until the cluster at `address` has the named nodes alive (asked by a separate driver process); on failure,
+    the tail of each node's `ray start` output in `log_dir`."""
     code = ("import ray, sys, time\n"
             f"ray.init(address={address!r}, log_to_driver=False)\n"
             f"want = {['node_' + n for n in names]!r}\n"
@@ -212,5 +222,13 @@ def wait_for_nodes(address: str, env: dict, names: list[str], timeout: float = 1
             "    if all(w in alive for w in want): sys.exit(0)\n"
             "    time.sleep(0.5)\n"
             "sys.exit(1)\n")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout + 60)
-    assert r.returncode == 0, f"the Ray cluster did not show nodes {names}:\n{r.stderr[-2000:]}"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                           timeout=timeout + 60)
+        problem = None if r.returncode == 0 else r.stderr[-2000:]
+    except subprocess.TimeoutExpired as e:
+        problem = f"no answer in {timeout + 60} s: {(e.stderr or b'')[-1000:]!r}"
+    if problem:
+        logs = "".join(f"\n--- {n}:\n{n.read_text(errors='replace')[-1500:]}"
+                       for n in sorted((log_dir or Path("/nonexistent")).glob("ray-*.log")))
+        raise AssertionError(f"the Ray cluster did not show nodes {names}: {problem}{logs}")

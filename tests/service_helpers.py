@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import httpx
 import pytest
 
 from .conftest import ROOT, run_cli
+from .service_backends import free_port  # noqa: F401  (not one of the ports a Ray node takes)
 
 # a tiny job: a few hundred Fashion-MNIST images, one epoch, the smallest WRN student, short latency runs
 TINY = """\
@@ -37,10 +37,6 @@ def tiny_recipe(seed: int = 0, limit: int = 128, min_speedup: str = "null", chec
     return TINY.format(seed=seed, limit=limit, min_speedup=min_speedup, extra_train=extra)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_env(home: Path) -> dict:

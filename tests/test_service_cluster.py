@@ -38,9 +38,17 @@ LOAD = tiny_recipe(seed=7, limit=384, checkpoint_every=2).replace("name: tiny", 
 
 
 class Cluster:
-    def __init__(self, small_teacher: Path):
+    def __init__(self, small_teacher: Path, head_cpus: int = 2):
         self.root = Path(tempfile.mkdtemp(prefix="cc-"))  # short: Ray's socket paths have a length limit
-        self.pg, self.s3 = Postgres().start(), S3Server().start()
+        self.pg, self.s3, self.nodes, self.servers = Postgres(), S3Server(), {}, {}
+        try:
+            self._start(small_teacher, head_cpus)
+        except BaseException:  # what did start is ended: no fixture teardown runs for a fixture that failed
+            self.stop()
+            raise
+
+    def _start(self, small_teacher: Path, head_cpus: int) -> None:
+        self.pg.start(), self.s3.start()
         token_file = self.root / "ray_token"
         token_file.write_text(secrets.token_hex(32))
         token_file.chmod(0o600)
@@ -51,10 +59,9 @@ class Cluster:
                     "RAY_health_check_failure_threshold": "3"}
         port = free_port()
         self.address = f"127.0.0.1:{port}"
-        self.nodes = {"head": RayNode(self.root, "head", self.node_env("head"), head_port=port, cpus=2).start()}
+        self.nodes["head"] = RayNode(self.root, "head", self.node_env("head"), head_port=port, cpus=head_cpus).start()
         self.db, self.bucket = self.pg.create(), self.s3.bucket() + "/compressor"
-        self.servers: dict[str, Server] = {}
-        wait_for_nodes(self.address, self.env, ["head"])
+        wait_for_nodes(self.address, self.env, ["head"], log_dir=self.root)
         self.token = self.make_token("ci")
         self.teacher = small_teacher
 
@@ -64,7 +71,7 @@ class Cluster:
     def add_node(self, name: str, **resources) -> RayNode:
         node = RayNode(self.root, name, self.node_env(name), address=self.address, resources=resources).start()
         self.nodes[name] = node
-        wait_for_nodes(self.address, self.env, [name])
+        wait_for_nodes(self.address, self.env, [name], log_dir=self.root)
         return node
 
     def make_token(self, name: str, *flags: str) -> str:
@@ -89,13 +96,16 @@ class Cluster:
         return [json.loads(line) for line in (self.stored(job_id, "attempts.jsonl") or b"").decode().splitlines()]
 
     def stop(self) -> None:
-        for server in self.servers.values():
-            server.stop()
-        for node in reversed(list(self.nodes.values())):
-            node.stop()
-        self.pg.stop()
-        self.s3.stop()
+        """Everything this cluster started, each part ended even when another part's stop fails."""
+        parts = [*self.servers.values(), *reversed(list(self.nodes.values())), self.pg, self.s3]
+        problems = []
+        for part in parts:
+            try:
+                part.stop()
+            except Exception as e:  # pragma: no cover - reported after the rest is stopped
+                problems.append(repr(e))
         shutil.rmtree(self.root, ignore_errors=True)
+        assert not problems, problems
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +133,7 @@ def _mid_epoch(cluster: Cluster, job_id: str, tmp: Path) -> tuple | None:
     return position if position is not None and position[0] == 0 and position[1] > 0 else None
 
 
+@pytest.mark.slow  # a Ray cluster of several nodes, PostgreSQL and S3, real trainings
 def test_a_worker_kind_runs_on_its_node_and_resumes_on_another_from_the_store(cluster, tmp_path):
     cluster.add_node("w1", edge=1)
     server = cluster.server("a")
@@ -171,6 +182,7 @@ def test_a_worker_kind_runs_on_its_node_and_resumes_on_another_from_the_store(cl
         api.http.get(f"/v1/jobs/{reference}/artifacts/student.onnx").content
 
 
+@pytest.mark.slow  # a Ray cluster of several nodes, PostgreSQL and S3, real trainings
 def test_what_no_node_has_waits_queued_saying_so_and_a_tokens_queue_is_bounded(cluster):
     server = cluster.servers.get("a") or cluster.server("a")
     tight = Api(server.url, cluster.make_token("tight", "--max-queued", "1"))
@@ -194,6 +206,7 @@ def test_what_no_node_has_waits_queued_saying_so_and_a_tokens_queue_is_bounded(c
         assert who.job(j)["state"] == "cancelled"
 
 
+@pytest.mark.slow  # a Ray cluster of several nodes, PostgreSQL and S3, real trainings
 def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_nothing_twice(cluster):
     a = cluster.servers.get("a") or cluster.server("a")
     b = cluster.server("b")

@@ -95,12 +95,25 @@ def claim(store: Store, server_id: str, cluster: Cluster, infeasible_waits: bool
                 started.append(_start(job, server_id))
                 running.append(job)
                 add(used, needs)
-            elif job.reason != wait and not job.reason.startswith(("the worker", "the server", "waiting for an",
-                                                                    "its server", "handed over")):
-                job.reason = wait
+            else:
+                waiting(job, wait)
         return started
 
     return store.write(run)
+
+
+RETRIED = ("the worker", "the server", "its server", "handed over", "waiting for an earlier")
+EARLIER = "; earlier: "
+
+
+def waiting(job: Job, wait: str) -> None:
+    """A queued job's reason: why it waits now, keeping why it was queued again (a retry) after it."""
+    if job.reason.startswith(RETRIED):
+        note = EARLIER + job.reason
+    else:
+        note = job.reason[job.reason.index(EARLIER):] if EARLIER in job.reason else ""
+    if job.reason != wait + note:
+        job.reason = wait + note
 
 
 def _start(job: Job, server_id: str) -> dict:
@@ -206,11 +219,12 @@ def retry_or_end(job: Job, what: str) -> None:
 def after_attempt(job: Job, result: dict, handover: bool = False) -> None:
     outcome, problems = result["outcome"], result.get("problems") or []
     message = "; ".join(problems)[:2000] or None
-    if outcome == "busy":  # an older attempt still holds the folder: wait for it, this one does not count
+    if outcome in ("busy", "unplaced"):  # it did not run: this attempt does not count
         job.runs.remove(job.runs[-1])
         job.attempts -= 1
         job.state, job.server_id = "queued", None
-        job.reason = "waiting for an earlier attempt's worker to let go of the job's folder"
+        job.reason = ("waiting for an earlier attempt's worker to let go of the job's folder" if outcome == "busy"
+                      else message or "waiting for a node that can run it")
         return
     if handover and outcome in ("cancelled", "interrupted", "died") and not (job.cancel_requested or job.timed_out):
         end_attempt(job, "handed over", "the server stopped in order and handed the job over")

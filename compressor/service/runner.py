@@ -34,6 +34,7 @@ import signal
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 from compressor.service import dispatch, retention
 from compressor.service.artifacts import Artifacts
@@ -94,11 +95,29 @@ def start_ray(cfg: ServerConfig) -> None:
                 signal.signal(sig, handler)
 
 
+def first_line(error: BaseException) -> str:
+    """An error's first line for a job's reason (Ray's TaskCancelledError has no message at all)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+@dataclass
+class Flight:
+    """An attempt this server submitted to Ray: whether its worker has started (else Ray still looks for a node),
+    and whether it was withdrawn because no node can place it any more."""
+
+    job_id: str
+    attempt: int
+    needs: dict
+    started: bool = False
+    withdrawn: str | None = None
+
+
 class Runner:
     def __init__(self, cfg: ServerConfig, store: Store, artifacts: Artifacts):
         self.cfg, self.store, self.artifacts = cfg, store, artifacts
         self.id = uuid.uuid4().hex  # this server in the `servers` table
-        self.running: dict = {}  # ObjectRef -> (job id, attempt): this server's attempts in flight
+        self.running: dict = {}  # ObjectRef -> Flight: this server's attempts in flight
         self.stop_asked: dict[str, float] = {}  # job id -> when its worker was told to stop
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dispatcher", daemon=True)
@@ -110,7 +129,11 @@ class Runner:
         start_ray(self.cfg)  # before ray is imported here (see start_ray)
         import ray
 
-        self.board = ray.remote(num_cpus=0)(Board).options(name=f"board-{self.id}").remote()
+        # the board lives on this server's own node: it must die with the server, never with a worker's node
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        self.board = ray.remote(num_cpus=0)(Board).options(name=f"board-{self.id}", scheduling_strategy=here).remote()
         self.task = ray.remote(run_attempt)
         self._beat()
         self.thread.start()
@@ -165,6 +188,22 @@ class Runner:
         if taken:
             log.warning("re-queued %d job(s) of servers that stopped: %s", len(taken), ", ".join(taken))
         self._stop_jobs()
+        self._withdraw_unplaceable()
+
+    def _withdraw_unplaceable(self) -> None:
+        """An attempt Ray has not started yet whose needs no alive node has any more (the node it was meant for
+        died, or left before it started): taken back from Ray, and the job queued again with the reason."""
+        import ray
+
+        waiting = [(ref, f) for ref, f in self.running.items() if not f.started and not f.withdrawn]
+        if not waiting:
+            return
+        cluster = self.cluster()
+        for ref, flight in waiting:
+            reason = cluster.infeasible_reason(flight.needs)
+            if reason:
+                flight.withdrawn = reason
+                ray.cancel(ref)
 
     def _stop_jobs(self) -> None:
         import ray
@@ -174,14 +213,17 @@ class Runner:
                 self.stop_asked[job_id] = time.monotonic()
                 self.board.cancel.remote(job_id)
             elif time.monotonic() - self.stop_asked[job_id] > STOP_GRACE:
-                for ref, (jid, _) in list(self.running.items()):
-                    if jid == job_id:
+                for ref, flight in list(self.running.items()):
+                    if flight.job_id == job_id:
                         ray.cancel(ref, force=True)
 
     def _drain(self) -> None:
         import ray
 
         events = ray.get(self.board.drain.remote(), timeout=30)
+        started = {(job_id, attempt) for job_id, attempt, event in events if event["kind"] == "started"}
+        for flight in self.running.values():
+            flight.started = flight.started or (flight.job_id, flight.attempt) in started
         dispatch.record_events(self.store, self.id, events)
 
     def _collect(self, timeout: float = 0, handover: bool = False) -> None:
@@ -191,13 +233,18 @@ class Runner:
             return
         done, _ = ray.wait(list(self.running), num_returns=len(self.running), timeout=timeout)
         for ref in done:
-            job_id, attempt = self.running.pop(ref)
-            self.stop_asked.pop(job_id, None)
+            flight = self.running[ref]
             try:
                 result = ray.get(ref)
-            except ray.exceptions.RayError as e:  # the worker or its node died: no outcome
-                result = {"outcome": "died", "problems": [str(e).strip().splitlines()[0][:300]]}
-            dispatch.finish_attempt(self.store, self.id, job_id, attempt, result, handover=handover)
+            except ray.exceptions.RayError as e:  # the worker or its node died, or it was withdrawn: no outcome
+                if flight.withdrawn and not flight.started:
+                    result = {"outcome": "unplaced", "problems": [flight.withdrawn]}
+                else:
+                    result = {"outcome": "died", "problems": [first_line(e)]}
+            # the flight is forgotten only once the store has its end: a round that fails here tries it again
+            dispatch.finish_attempt(self.store, self.id, flight.job_id, flight.attempt, result, handover=handover)
+            del self.running[ref]
+            self.stop_asked.pop(flight.job_id, None)
 
     def _dispatch(self) -> None:
         for spec in dispatch.claim(self.store, self.id, self.cluster()):
@@ -218,19 +265,19 @@ class Runner:
             dispatch.finish_attempt(self.store, self.id, spec["job_id"], spec["attempt"],
                                     {"outcome": "died", "problems": [f"Ray refused the task: {e}"[:300]]})
             return
-        self.running[ref] = (spec["job_id"], spec["attempt"])
+        self.running[ref] = Flight(spec["job_id"], spec["attempt"], needs)
 
     def _hand_over(self) -> None:
         """Ask this server's workers to stop, wait for them (their state reaches the store), re-queue their jobs."""
         if not self.running:
             return
-        for job_id, _ in self.running.values():
-            self.board.cancel.remote(job_id)
+        for flight in self.running.values():
+            self.board.cancel.remote(flight.job_id)
         deadline = time.monotonic() + self.cfg.handover_seconds
         while self.running and time.monotonic() < deadline:
             self._drain()
             self._collect(timeout=1.0, handover=True)
-        for ref, (job_id, attempt) in list(self.running.items()):  # still running: they die with this driver
-            dispatch.finish_attempt(self.store, self.id, job_id, attempt,
+        for flight in list(self.running.values()):  # still running: they die with this driver
+            dispatch.finish_attempt(self.store, self.id, flight.job_id, flight.attempt,
                                     {"outcome": "died", "problems": ["the server stopped before the worker did"]})
         self.running.clear()
