@@ -55,9 +55,11 @@ browser:
 
 # The service's store tests run against a real PostgreSQL server, which they start themselves in a temporary folder
 # (initdb + pg_ctl, as the postgres user when run as root): Debian's postgresql, installed here where apt exists.
-# Without it those tests fail rather than skip. (S3 is moto's standalone server, from the dev extra.)
+# Without it those tests fail rather than skip. (S3 is moto's standalone server, from the dev extra; the Ray cluster
+# tests start their nodes with the venv's own `ray start`.) Non-interactive: a clean image's debconf asks nothing.
 postgres:
 	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		export DEBIAN_FRONTEND=noninteractive; \
 		(apt-get install -y -qq postgresql >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq postgresql >/dev/null 2>&1)) || \
 		echo "apt could not install postgresql: the service's PostgreSQL tests will fail"; \

@@ -1,7 +1,8 @@
 """The job store and the server's start-up rules, without Ray, on SQLite and on a real PostgreSQL server: the
 migrations build exactly the models' schema and keep old rows on upgrade, tokens are stored hashed, concurrent
 writers lose no update, two dispatchers never start one job twice nor overfill the cluster, a dead server's jobs
-are taken over and a live one's are not, and a server without tokens refuses to listen beyond loopback."""
+are taken over and a live one's are not, a job whose worker kind no node has waits saying so (and an attempt Ray
+could not place does not count), and a server without tokens refuses to listen beyond loopback."""
 
 from __future__ import annotations
 
@@ -227,3 +228,35 @@ def test_an_unreachable_store_is_one_line_before_anything_starts(tmp_path, flag,
     r = run_cli("serve", "--home", tmp_path, flag, value, "--port", "1")
     assert r.returncode == 2, r.stderr
     assert says in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_job_whose_node_is_gone_waits_for_one_saying_why_and_an_unplaced_attempt_does_not_count(db_url):
+    """The node of kind `edge` dies: its attempt died (counted, the job re-queued to resume), then no node has
+    `edge` (queued, saying so first and keeping why it was re-queued); an attempt Ray could not place any more is
+    withdrawn without counting; a new `edge` node -> the job starts again as attempt 2."""
+    store = _store_with_jobs(db_url, 1)
+    with store.session() as s:
+        s.get(Job, "j000").resources = {"CPU": 1.0, "edge": 1.0}
+    with_edge, without = Cluster([{"CPU": 2.0}, {"CPU": 1.0, "edge": 1.0}]), Cluster([{"CPU": 2.0}])
+    assert [spec["attempt"] for spec in dispatch.claim(store, "srv", with_edge)] == [1]
+    dispatch.finish_attempt(store, "srv", "j000", 1, {"outcome": "died", "problems": ["the node died"]})
+    assert dispatch.claim(store, "srv", without) == []
+    edge = "waiting for a node of kind edge (Ray resource 'edge'): no node of the Ray cluster has it now"
+    with store.session() as s:
+        job = s.get(Job, "j000")
+        assert job.state == "queued" and job.attempts == 1 and job.failed_attempts == 1
+        assert job.reason.startswith(edge + "; earlier: the worker died during attempt 1 (the node died)")
+    assert dispatch.claim(store, "srv", without) == []  # asked again: the same reason, not nested
+    with store.session() as s:
+        assert s.get(Job, "j000").reason.count("; earlier: ") == 1
+    # the cluster still listed the dead node when attempt 2 started; Ray could not place it and it was withdrawn
+    assert [spec["attempt"] for spec in dispatch.claim(store, "srv", with_edge)] == [2]
+    dispatch.finish_attempt(store, "srv", "j000", 2, {"outcome": "unplaced", "problems": [edge]})
+    with store.session() as s:
+        job = s.get(Job, "j000")
+        assert (job.state, job.reason, job.attempts, len(job.runs)) == ("queued", edge, 1, 1)
+    assert [spec["attempt"] for spec in dispatch.claim(store, "srv", with_edge)] == [2]  # a new edge node
+    with store.session() as s:
+        job = s.get(Job, "j000")
+        assert job.state == "running" and [run.outcome for run in job.runs] == ["died", None]
+    store.close()
