@@ -237,8 +237,11 @@ class Runner:
             try:
                 result = ray.get(ref)
             except ray.exceptions.RayError as e:  # the worker or its node died, or it was withdrawn: no outcome
-                if flight.withdrawn and not flight.started:
-                    result = {"outcome": "unplaced", "problems": [flight.withdrawn]}
+                # never started, and no node could start it now (its node died while Ray placed it there): it did
+                # not run, so it does not count; the job waits, saying for what
+                unplaced = not flight.started and (flight.withdrawn or self.cluster().infeasible_reason(flight.needs))
+                if unplaced:
+                    result = {"outcome": "unplaced", "problems": [unplaced]}
                 else:
                     result = {"outcome": "died", "problems": [first_line(e)]}
             # the flight is forgotten only once the store has its end: a round that fails here tries it again
