@@ -139,28 +139,28 @@ def test_concurrent_writers_lose_no_update(db_url):
 
 
 def _dispatcher(url: str, server_id: str, capacity: int, out, barrier) -> None:
-    """One server's dispatcher in its own process: claim what fits, finish it shortly after, until none is left."""
-    import time
-
+    """One server's dispatcher in its own process, in rounds run in step with the other's: both claim at once (a
+    race for the same queued jobs every round, whoever wins it), then finish what they started, until none is
+    left."""
     store = Store(url)
     cluster = Cluster([{"CPU": float(capacity)}])
     store.write(lambda s: s.scalar(select(func.count()).select_from(Job)))  # connected and warm
-    barrier.wait(120)  # both start together
-    mine, most = [], 0
+    mine, most, rounds = [], 0, 0
     while True:
+        barrier.wait(120)  # both claim together
         started = dispatch.claim(store, server_id, cluster)
         with store.session() as s:
-            running = s.scalar(select(func.count()).select_from(Job).where(Job.state == "running"))
-            queued = s.scalar(select(func.count()).select_from(Job).where(Job.state == "queued"))
-        most = max(most, running)
+            most = max(most, s.scalar(select(func.count()).select_from(Job).where(Job.state == "running")))
         mine += [spec["job_id"] for spec in started]
-        time.sleep(0.02)
         for spec in started:
             dispatch.finish_attempt(store, server_id, spec["job_id"], spec["attempt"],
                                     {"outcome": "succeeded", "exit_code": 0, "problems": []})
-        if not queued and not started:
-            break
-    out.put((server_id, mine, most))
+        rounds += 1
+        barrier.wait(120)  # both finished this round's jobs: both read the same count below
+        with store.session() as s:
+            if not s.scalar(select(func.count()).select_from(Job).where(Job.state != "succeeded")):
+                break
+    out.put((server_id, mine, most, rounds))
     store.close()
 
 
@@ -175,10 +175,12 @@ def test_two_dispatchers_never_start_one_job_twice_nor_overfill_the_cluster(db_u
     results = [out.get(timeout=300) for _ in procs]
     for p in procs:
         p.join(60)
-    claimed = [job for _, mine, _ in results for job in mine]
+    claimed = [job for _, mine, _, _ in results for job in mine]
     assert sorted(claimed) == [f"j{i:03d}" for i in range(40)]  # every job started, none twice
-    assert all(mine for _, mine, _ in results)  # both servers started some
-    assert all(most <= 3 for _, _, most in results)  # never more running than the cluster holds
+    assert all(most <= 3 for _, _, most, _ in results)  # never more running than the cluster holds
+    # the two raced in every round (which one won a round, and whether the loser's claim came after the winner had
+    # finished its 3, is the scheduler's choice: not asserted, since under load one process can win them all)
+    assert len({rounds for *_, rounds in results}) == 1 and results[0][3] >= 40 // 6
     store = Store(db_url)
     with store.session() as s:
         jobs = list(s.scalars(select(Job)))
