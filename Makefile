@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= data
 RUN    ?= runs/fashion_at
 
-.PHONY: demo teacher test data venv clean bench bench-venv browser postgres
+.PHONY: demo teacher test test-fast data venv clean bench bench-venv browser postgres
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,8 +65,16 @@ postgres:
 		echo "apt could not install postgresql: the service's PostgreSQL tests will fail"; \
 	fi
 
+# The suite runs on every core (pytest-xdist), one file's tests on one worker, one thread a worker: on a 2-core
+# machine two tests overlap their single-threaded parts (imports, process start-up, servers' polls) instead of
+# two threads of one test spinning. `make test-fast` is the unit tier alone (no whole job, no server): about a minute.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+
 test: data browser postgres
-	$(PY) -m pytest -q
+	$(PYTEST)
+
+test-fast: data
+	$(PYTEST) -m "not e2e"
 
 # Throughput against the floor and against torchdistill, then ONNX vs eager latency (docs/BENCHMARKS.md).
 # torchdistill lives in its own venv, never in the package's dependencies; the venv reuses .venv's torch through

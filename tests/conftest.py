@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -21,6 +22,32 @@ SMOKE = [
     "verify.min_runs=10", "verify.min_seconds=0", "verify.warmup=2", "verify.min_speedup=null",
     "verify.max_accuracy_drop=null",
 ]
+
+
+# The suite's two tiers. `make test-fast` runs the unit tier: functions on small tensors and files, a few training
+# steps at most. A test is `e2e` (the other tier, which `make test` adds) when it runs a whole job or a server: it
+# calls the CLI (in a subprocess or in-process), uses a trained or saved teacher, starts a server, a database or a
+# cluster, or is marked slow. Marked here from what the test uses, so a new test lands in its tier by itself.
+E2E_FIXTURES = {"cli", "teacher_ckpt", "small_teacher", "service", "ci_run", "catalogue", "cluster", "home", "postgres",
+                "db_url", "s3", "compose"}
+E2E_CALLS = ("run_cli(", "run_case(", "subprocess.", "limited(", "distill(", "train_teacher(", "fit(", "ablate(")
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    if item.get_closest_marker("slow") or item.get_closest_marker("gpu") or E2E_FIXTURES & set(item.fixturenames):
+        return True
+    fn = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(fn) if fn is not None else ""
+    except (OSError, TypeError):
+        source = ""
+    return any(call in source for call in E2E_CALLS)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 def sets(*overrides: str) -> list[str]:

@@ -49,6 +49,7 @@ def test_throughput_quick_without_torchdistill():
     assert len(out["samples_img_s"]["c"]) == 1
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_throughput_bad_override_is_one_line_exit_2():
     r = bench("--quick", "--skip-torchdistill", "--set", "train.batch_size=0")
     assert r.returncode == 2

@@ -79,6 +79,7 @@ def test_folding_the_teacher_leaves_it_untouched_and_changes_no_loss_term(setup,
         assert folded[k] == pytest.approx(plain[k], rel=1e-3, abs=1e-5), k
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_fit_folds_every_teacher_bn_that_follows_a_conv(setup, tmp_path, monkeypatch):
     seen = []
     real = train_setup.fold_batchnorm

@@ -3,6 +3,7 @@
 import json
 
 import matplotlib.image as mpimg
+import pytest
 import torch
 
 from compressor.data.transform import Normalize
@@ -23,6 +24,7 @@ def png(path):
     return img
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_attention_figure_from_real_models_and_images(tmp_path):
     data = load_data(DataConfig(limit_train=10, limit_test=60, val_fraction=0.0), 0)
     idx = pick_images(data.test.labels, 4)

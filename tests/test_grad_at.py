@@ -133,6 +133,7 @@ def test_gradient_distance_is_half_the_mean_squared_norm():
 
 @pytest.mark.parametrize("student_arch, teacher_arch", [("wrn-10-1", "wrn-10-2"), ("resnet18-w0.25", "resnet18-w0.5"),
                                                         ("resnet50-w0.125", "resnet34-w0.25")])
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_grad_at_trains_every_architecture_family(student_arch, teacher_arch):
     torch.manual_seed(0)
     student = create_model(student_arch, 10, 1).train()

@@ -33,6 +33,7 @@ def wrn16_2() -> nn.Module:
     return create_model("wrn-16-2", 10, 1).eval()
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 @pytest.mark.parametrize("fraction", [0.5, 0.25, 0.1])
 def test_prunes_to_the_largest_student_under_the_target(fraction):
     teacher = wrn16_2()
@@ -51,6 +52,7 @@ def test_prunes_to_the_largest_student_under_the_target(fraction):
     assert student.fc.out_features == 10  # the classifier's outputs are never pruned
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_taylor_uses_the_data_and_bn_recalibration_restores_statistics():
     teacher = wrn16_2()
     x = real_images(64)
@@ -77,6 +79,7 @@ def test_taylor_uses_the_data_and_bn_recalibration_restores_statistics():
     assert torch.allclose(recalibrated, seen["x"].mean((0, 2, 3)), atol=1e-5)
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_channel_plan_rebuilds_the_pruned_model_from_plain_data():
     teacher = wrn16_2()
     student, _ = grow_student(teacher, 150_000, input_shape=(1, 28, 28), num_classes=10, criterion="magnitude")
@@ -226,6 +229,7 @@ def test_pruned_widths_train_in_nchw_on_the_cpu():
     torch.nn.functional.cross_entropy(student(torch.randn(115, 1, 28, 28)), torch.zeros(115, dtype=torch.long)).backward()
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_a_flops_target_alone_or_with_a_parameter_target():
     from compressor.models.measure import count_flops
 

@@ -128,6 +128,7 @@ def test_exported_program_teacher_sized_to_a_quarter(teacher_ckpt, tmp_path):
     assert_same_function(tmp_path / "run" / "teacher.onnx", model)
 
 
+@pytest.mark.e2e  # trains or grows real models: tens of seconds on 2 cores
 def test_timm_teacher(tmp_path):
     timm = pytest.importorskip("timm", reason="timm is an optional extra: pip install 'compressor[timm]'")
     torch.manual_seed(0)
