@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,14 @@ def _is_e2e(item: pytest.Item) -> bool:
     except (OSError, TypeError):
         source = ""
     return any(call in source for call in E2E_CALLS)
+
+
+def pytest_configure(config):
+    # A suite started in the background by a shell without job control (`make test &` in a script, nohup) ignores
+    # SIGINT, and every CLI it starts would inherit that: the tests' Ctrl-C (SIGINT) would do nothing. A handler,
+    # unlike an ignore, is reset to the default in a child process, as a terminal's shell would start it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):

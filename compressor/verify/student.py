@@ -7,11 +7,13 @@ report.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from compressor.core.fileio import write_bytes
 from compressor.core.progress import Reporter, console
 from compressor.data.splits import DataBundle
 from compressor.export.metadata import onnx_metadata
@@ -24,6 +26,38 @@ from compressor.verify.int8 import check_int8
 from compressor.verify.latency import latency_meta, measure_latencies, speedups
 from compressor.verify.parity import parity_batch_sizes, parity_images
 from compressor.verify.results import ExportSection, Latency, Parity, Verification
+
+
+# The teacher's export and its ONNX accuracy, kept for the next run in this process: an ablation's runs, a service
+# worker's jobs and the test suite verify one teacher again and again. One entry: (key, ONNX bytes, accuracy).
+_teacher_done: list[tuple[str, bytes, float]] = []
+
+
+def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: DataBundle) -> str:
+    """What the teacher's ONNX file and accuracy depend on: its weights, the data and how it is exported and run."""
+    h = hashlib.sha256()
+    for name, t in teacher.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for part in (teacher_arch, recipe.data.model_dump_json(), str(recipe.export.opset), str(recipe.device),
+                 str(data.preprocess), str(len(data.test))):
+        h.update(part.encode())
+    return h.hexdigest()
+
+
+def _export_teacher(teacher: nn.Module, teacher_arch: str, data: DataBundle, recipe: Recipe, path: Path,
+                    accuracy) -> float:
+    """teacher.onnx written (exported, or the same bytes as the last run's in this process) and its ONNX accuracy,
+    computed by `accuracy(path)` only when this process has not measured it for the same weights, data and export."""
+    key = _teacher_key(teacher, teacher_arch, recipe, data)
+    if _teacher_done and _teacher_done[0][0] == key:
+        write_bytes(path, _teacher_done[0][1])
+        return _teacher_done[0][2]
+    export_onnx(teacher, path, input_shape=data.input_shape, opset=recipe.export.opset,
+                metadata=onnx_metadata(teacher_arch, data, "teacher"))
+    acc = accuracy(path)
+    _teacher_done[:] = [(key, path.read_bytes(), acc)]
+    return acc
 
 
 def verify_student(
@@ -44,22 +78,28 @@ def verify_student(
     console.print(f"exporting to ONNX (opset {opset}) and verifying with onnxruntime ...")
     exported = export_onnx(student, student_path, input_shape=data.input_shape, opset=opset,
                            metadata=onnx_metadata(student_arch, data, "student"))
-    export_onnx(teacher, teacher_path, input_shape=data.input_shape, opset=opset,
-                metadata=onnx_metadata(teacher_arch, data, "teacher"))
+    batch = min(256, eval_batch)  # what fits in memory beside the models (fewer images a batch for large ones)
+    t_sess = None
+
+    def teacher_accuracy(path: Path) -> float:
+        nonlocal t_sess
+        t_sess = create_session(path, threads=v.threads, device=recipe.device)
+        return onnx_split_accuracy(t_sess, data.test, data, batch)
+
+    t_acc = _export_teacher(teacher, teacher_arch, data, recipe, teacher_path, teacher_accuracy)
 
     reporter.phase("verifying", "parity, accuracy and latency in onnxruntime")
     images = parity_images(data.test, data, recipe.seed)
     s_sess = create_session(student_path, threads=v.threads, device=recipe.device)
-    t_sess = create_session(teacher_path, threads=v.threads, device=recipe.device)
+    t_sess = t_sess or create_session(teacher_path, threads=v.threads, device=recipe.device)
     sizes = parity_batch_sizes(len(images))
     # both sides fp32 on the CPU: the recipe's sessions where they are CPU ones, else check_parity opens its own
     s_cpu, t_cpu = (s if s.provider == CPU else None for s in (s_sess, t_sess))
     parity = Parity(**check_parity(student, student_path, images, batch_sizes=sizes, session=s_cpu))
     t_parity = Parity(**check_parity(teacher, teacher_path, images, batch_sizes=sizes, session=t_cpu))
 
-    batch = min(256, eval_batch)  # what fits in memory beside the models (fewer images a batch for large ones)
     s_pred = onnx_split_predictions(s_sess, data.test, data, batch)
-    s_acc, t_acc = accuracy_of(s_pred, data.test), onnx_split_accuracy(t_sess, data.test, data, batch)
+    s_acc = accuracy_of(s_pred, data.test)
 
     console.print(f"timing teacher and student at batch sizes {v.batch_sizes} in {v.rounds} alternating rounds "
                   f"({s_sess.provider}, {s_sess.threads} threads) ...")
