@@ -198,3 +198,79 @@ def test_torchvision_resnet18_grown_at_a_latency_target(tmp_path):
     assert report["latency"]["speedup"]["1"] > 1.0
     model, ck = ckpt_io.load_model(out / "student.pt")
     assert ck["arch"] == "resnet18" and ck["input_shape"] == [3, 32, 32]
+
+
+# ---------------------------------------------------------------------------------------------- the search's logic
+
+
+def fake_search(latency: float, parity_fails=lambda flops: False, **cfg):
+    """search_student on an untrained WRN-16-1 with a made-up runtime: latency ~ FLOPs plus a per-block cost, so
+    the choice itself is checked without a clock."""
+    from compressor.models.measure import count_flops
+    from compressor.recipe.schema import StudentConfig
+    from compressor.students.search import Measured, search_student
+
+    torch.manual_seed(0)
+    teacher = create_model("wrn-16-1", 10, 1).eval()
+    t_flops = count_flops(teacher, (1, 28, 28))
+    blocks = lambda m: sum(1 for x in m.modules() if type(x).__name__ == "Block")  # noqa: E731
+    t_blocks = blocks(teacher)
+    calls = []
+
+    def measure(model):
+        flops = count_flops(model, (1, 28, 28))
+        ratio = 0.5 * flops / t_flops + 0.5 * blocks(model) / t_blocks
+        calls.append(ratio)
+        return Measured(p50_ms=ratio, teacher_p50_ms=1.0, ratio=ratio, interval=[ratio, ratio],
+                        max_abs_diff=1.0 if parity_fails(flops) else 0.0, parity_ok=not parity_fails(flops),
+                        provider="CPUExecutionProvider", threads=2)
+
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    cfg = StudentConfig(latency=latency, criterion="magnitude", **cfg)
+    model, chosen, search = search_student(
+        teacher, input_shape=(1, 28, 28), num_classes=10, cfg=cfg, measure=measure, calibration=lambda: iter([(x, y)]),
+        accuracy_batches=[(x, y)], accuracy_on="64 random images", grads=None, target_params=None,
+        target_flops=None, ranking_batches=[(x, y)])
+    return model, chosen, search, calls
+
+
+def test_the_search_chooses_the_most_accurate_candidate_that_meets_the_target(tmp_path):
+    from compressor.report.figures import search_figure
+    from compressor.report.markdown import search_rows
+
+    model, chosen, search, calls = fake_search(0.5)
+    meeting = [c for c in search.candidates if c.meets]
+    assert chosen.meets and chosen.chosen and chosen.latency_ratio <= 0.5 and chosen.latency_ratio_again <= 0.5
+    assert chosen.accuracy == max(c.accuracy for c in meeting)
+    assert [c.name for c in search.candidates if c.chosen] == [search.chosen]
+    assert {len(c.removed_blocks) for c in search.candidates} > {0}  # depth was searched
+    assert len(search.candidates) <= 16 and search.seconds > 0
+    assert sum(p.numel() for p in model.parameters()) == chosen.params
+    rows = search_rows(search)
+    assert len(rows) == 1 + len(search.candidates) and sum(r[0] == "**chosen**" for r in rows) == 1
+    search_figure(tmp_path / "search.png", search)
+    assert (tmp_path / "search.png").stat().st_size > 0
+
+
+def test_the_search_never_chooses_a_candidate_that_fails_parity():
+    _, chosen, search, _ = fake_search(0.6, parity_fails=lambda flops: flops < 15_000_000)
+    assert chosen.parity_ok
+    assert all(c.meets is False for c in search.candidates if c.parity_ok is False)
+    assert any(c.parity_ok is False and c.latency_ratio <= 0.6 for c in search.candidates)  # one was refused
+
+
+def test_the_search_refuses_an_unreachable_target_naming_the_closest_latency():
+    from compressor.core.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        fake_search(0.01)
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("student.latency: 0.01 of the teacher's p50 (100.00x faster)")
+    assert "is out of reach: the fastest of" in line and "ran at" in line
+
+
+def test_width_only_and_depth_only_searches():
+    _, _, width, _ = fake_search(0.7, search="width")
+    assert all(not c.removed_blocks for c in width.candidates)
+    _, _, depth, _ = fake_search(0.9, search="depth")
+    assert all(c.width_ratio == 0 for c in depth.candidates)

@@ -6,6 +6,8 @@ report.json (`student.sizing`). `student.init`:
 - `scratch`: the largest network of the teacher's family under `student.size` (sizing.py), freshly initialised;
 - `auto` (default): `teacher` when the student is sized and the teacher can be pruned, else `scratch` with one
   line saying why. A named `student.arch` is always a scratch student.
+A latency target (`student.latency` / `latency_ms`) always grows the student from the teacher: candidates in width
+and depth are timed on the deployment runtime (search.py, with the `timer` the job passes in).
 """
 
 from __future__ import annotations
@@ -27,9 +29,8 @@ from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params, footprint
-from compressor.models.plan import apply_channel_plan, state_shapes
+from compressor.models.plan import IDENTITY, apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
-from compressor.models.plan import IDENTITY
 from compressor.students.pruning import (
     CannotPrune,
     channel_plan,
@@ -202,7 +203,7 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle, timer=None) ->
         "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
         "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
         "channels_removed": removed,
-        "round_to": cfg.round_to, "calibration_images": n_calib, "pruned_modules": len(plan),
+        "round_to": info.get("round_to", cfg.round_to), "calibration_images": n_calib, "pruned_modules": len(plan),
         "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason, "removed_blocks": blocks,
     }
     if search is not None:
@@ -237,7 +238,7 @@ def _latency_search(recipe: Recipe, teacher: LoadedModel, data: DataBundle, cali
         calibration=lambda: _first_images(calib(), SEARCH_CALIBRATION_IMAGES), accuracy_batches=accuracy_batches,
         accuracy_on=on, grads=grads, target_params=target, target_flops=target_flops,
         ranking_batches=_first_images(calib(), TAYLOR_IMAGES))
-    info = {"params": chosen.params, "ratio": chosen.width_ratio}
+    info = {"params": chosen.params, "ratio": chosen.width_ratio, "round_to": chosen.round_to}
     return model, info, search
 
 

@@ -2,21 +2,16 @@
 removed, or both) are each exported and timed on the deployment runtime, and the one that meets every target
 with the most accuracy right after pruning and BatchNorm recalibration is distilled.
 
-Parameters and FLOPs are the wrong handle for latency (at batch 1 a net of small convolutions pays per layer, not
-per FLOP: docs/RESULTS.md), so the search measures. The timing itself is not done here: `search_student` takes a
-`measure(model) -> Measured` callable (jobs.distill passes verify.candidates', which exports with the run's exporter
-and times in onnxruntime against the teacher in alternating rounds, as verification does) and students/ stays
-below export/ and verify/ in the package order.
-
-The search, bounded (a few tens of seconds for WRN-16-2 on Fashion-MNIST):
+Parameters and FLOPs are the wrong handle for latency (at batch 1 a net of small convolutions pays per layer), so
+the search measures, through a `measure(model) -> Measured` callable: jobs.distill passes verify.candidates' (the
+run's exporter, parity, onnxruntime against the teacher in alternating rounds), so students/ stays below export/
+and verify/ in the package order. Bounded: at most 16 candidates, each one export and about a second of timing.
 - depth levels: none, and the least-missed third, two thirds and all of the removable blocks (`pruning.rank_blocks`:
   the teacher's loss rise without each);
-- at each level, a secant search for the width (the share of channels removed, the recipe's criterion, allocation
-  and round_to): a latency-per-FLOP factor, corrected by each measurement, picks the next width to time, aiming a
-  little under the target; at most three candidates a level;
-- the best candidate again at round_to 8 and 16 (what onnxruntime's CPU kernels block channels by);
-- a candidate is refused if its PyTorch / ONNX parity fails; of those that meet every target, the most accurate
-  (on validation images, after BatchNorm recalibration on a calibration sample) is chosen.
+- at each level, a secant search on measured latency for the width (the share of channels removed, with the
+  recipe's criterion, allocation and round_to), at most three candidates; the best again at round_to 8 and 16;
+- never a candidate whose PyTorch / ONNX parity fails; of those that meet every target the most accurate (validation
+  images, after BatchNorm recalibration on a calibration sample), timed once more before it is chosen.
 """
 
 from __future__ import annotations
@@ -61,8 +56,7 @@ class Measured:
 
 class RankedBlock(_Model):
     name: str
-    loss_rise: float = Field(description="the teacher's cross-entropy on calibration images without this block, "
-                             "minus with it")
+    loss_rise: float = Field(description="the teacher's cross-entropy without this block, minus with it")
 
 
 class SearchCandidate(_Model):
@@ -106,11 +100,6 @@ class LatencySearch(_Model):
     accuracy_on: str = Field(description="the split the candidates' accuracy is measured on")
 
 
-def _depth_levels(k: int) -> list[int]:
-    """How many of the k removable blocks a candidate drops: none, a third, two thirds, all."""
-    return sorted({0, round(k / 3), round(2 * k / 3), k})
-
-
 @torch.no_grad()
 def _accuracy(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     model.eval()
@@ -138,7 +127,8 @@ def search_student(
     if cfg.search == "depth" and not ranked:
         raise UserError("student.search: depth: the teacher has no residual block whose input and output shapes "
                         "match, so no block can be removed; search width or both")
-    levels = _depth_levels(len(ranked)) if ranked else [0]
+    k = len(ranked)  # the depth levels: how many blocks a candidate drops: none, a third, two thirds, all
+    levels = sorted({0, round(k / 3), round(2 * k / 3), k})
     widths = cfg.search != "depth"
     calib = list(calibration())
     n_calib = sum(len(y) for _, y in calib)
@@ -149,18 +139,18 @@ def search_student(
     console.print(f"latency search ({what}): {len(ranked)} removable blocks, depth levels {levels}; each candidate "
                   f"exported and timed against the teacher at batch {cfg.latency_batch} ...")
 
-    def pruned(depth: int, ratio: float, round_to: int | None) -> nn.Module:
+    def pruned(depth: int, ratio: float, round_to: int | None) -> nn.Module:  # ranked[:depth] removed, then width
         return prune_copy(teacher, ratio, criterion=cfg.criterion, example=example, num_classes=num_classes,
                           keep_stem=cfg.keep_stem, grads=grads, round_to=round_to,
                           global_ranking=cfg.allocation == "global", removed=[n for n, _ in ranked[:depth]])
 
     def target_ratio() -> float:
-        """The latency target as a fraction of the teacher's p50 (latency_ms over the teacher's last p50)."""
+        # the latency target as a fraction of the teacher's p50 (latency_ms over the teacher's last p50)
         t_ms = measured[-1].teacher_p50_ms if measured else None
         goals = [cfg.latency, cfg.latency_ms and (cfg.latency_ms / t_ms if t_ms else 1.0)]
         return min(g for g in goals if g is not None)
 
-    def misses(p50_ms: float, ratio: float) -> str | None:
+    def misses(p50_ms: float, ratio: float) -> str | None:  # which latency target a measurement misses
         if cfg.latency is not None and ratio > cfg.latency:
             return f"latency {ratio:.3f} of the teacher's > {cfg.latency:g}"
         if cfg.latency_ms is not None and p50_ms > cfg.latency_ms:
@@ -211,18 +201,26 @@ def search_student(
             lo, hi = (lo, mid) if fits else (mid, hi)
         return round(hi, 3)
 
-    # Each depth level: guess the width from a latency-per-FLOP factor c (measured ratio / FLOPs fraction, carried
-    # over from the last candidate), time it, correct c and guess again: a secant search on measured latency that
-    # aims a little under the target (the final verification measures again) and stops once a candidate meets it
-    # within 20% (a larger student would not), or after three candidates at this level.
+    # Each depth level: guess the FLOPs that meet the target from a line through the level's last two measured
+    # (FLOPs, latency) points (the teacher's (1, 1) counts at level 0; with one point, latency proportional to
+    # FLOPs, its factor carried over from the last level), time the width that has them, and guess again: a secant
+    # search on measured latency, aiming a little under the target (verification measures again); a level stops
+    # once a candidate meets it within 20% (a larger student would not), or after three candidates.
     c = 1.0
     for depth in levels:
         if not widths:
             try_one(depth, 0.0, cfg.round_to)
             continue
+        points = [(1.0, 1.0)] if depth == 0 else []
         for _ in range(3):
-            goal = target_ratio()
-            ratio = ratio_for(depth, AIM * goal / c)
+            aim = AIM * target_ratio()
+            if len(points) >= 2 and points[-1][0] != points[-2][0]:
+                (f0, r0), (f1, r1) = points[-2:]
+                slope = (r1 - r0) / (f1 - f0)
+                goal = f1 + (aim - r1) / slope if slope > 0 else aim / c
+            else:
+                goal = aim / c
+            ratio = ratio_for(depth, goal) if goal > 0 else None
             if ratio is None:  # out of reach at this depth: the deepest level times its smallest student, the
                 if depth == levels[-1]:  # closest latency the refusal names
                     try_one(depth, SMALLEST, cfg.round_to)
@@ -230,7 +228,8 @@ def search_student(
             row = try_one(depth, ratio, cfg.round_to)
             if row is None or row.latency_ratio is None:
                 break
-            c = row.latency_ratio / (row.flops / t_flops)
+            points.append((row.flops / t_flops, row.latency_ratio))
+            c = row.latency_ratio / points[-1][0]
             if row.meets and row.latency_ratio >= 0.8 * target_ratio():
                 break
     # the best so far at the round_to values the runtime's kernels block channels by (8 for AVX2, 16 for AVX-512)
@@ -272,11 +271,11 @@ def _confirmed(rows: list[SearchCandidate], models: dict[str, nn.Module], measur
         m = measure(models[best.name])
         why = misses(m.p50_ms, m.ratio)
         i = rows.index(best)
+        console.print(f"  {best.name} timed again: {m.ratio:.3f} of the teacher's p50: "
+                      + ("meets the target" if why is None else "misses it now, not chosen"))
         if why is None:
-            console.print(f"  {best.name} timed again: {m.ratio:.3f} of the teacher's p50: meets the target")
             rows[i] = best.model_copy(update={"latency_ratio_again": m.ratio})
             return rows[i]
-        console.print(f"  {best.name} timed again: {m.ratio:.3f} of the teacher's p50: misses it now, not chosen")
         rows[i] = best.model_copy(update={"meets": False, "why_not": f"timed again: {why}",
                                           "latency_ratio_again": m.ratio})
     return None
@@ -290,9 +289,8 @@ def _unreachable(cfg, timed: list[SearchCandidate], rows: list[SearchCandidate],
     if not timed:
         why = "; ".join(sorted({r.why_not for r in rows if r.why_not}))
         return f"{key}: {asked} is out of reach: no candidate could be timed ({why})"
-    fastest = min(timed, key=lambda r: r.p50_ms)
-    parity = [r for r in timed if r.parity_ok is False]
-    also = f"; {len(parity)} candidates failed PyTorch/ONNX parity" if parity else ""
+    fastest, parity = min(timed, key=lambda r: r.latency_ratio), sum(r.parity_ok is False for r in timed)
+    also = f"; {parity} candidates failed PyTorch/ONNX parity" if parity else ""
     return (f"{key}: {asked} at batch {cfg.latency_batch} is out of reach: the fastest of {len(timed)} candidates "
             f"measured, {fastest.name} ({fastest.params:,} params), ran at {fastest.latency_ratio:.3f} of the "
             f"teacher's p50 ({fastest.p50_ms:.3f} ms vs {fastest.teacher_p50_ms:.3f} ms, onnxruntime, alternating "
