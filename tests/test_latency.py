@@ -49,7 +49,7 @@ def test_latency_keys_validate_and_combine(cli):
     r = cli("recipe", "validate", RECIPE, "--set", "student.arch=null", "--set", "student.latency_ms=0")
     assert r.exit_code == 2 and "a latency target must be above 0 ms" in r.output
     r = cli("recipe", "validate", RECIPE, "--set", "student.latency=0.5")  # the smoke recipe names wrn-16-1
-    assert r.exit_code == 2 and "student.arch or student.size / flops / latency, not both" in r.output
+    assert r.exit_code == 2 and "student.arch or student.size / student.flops / student.latency, not both" in r.output
     r = cli("recipe", "validate", RECIPE, "--set", "student.arch=null", "--set", "student.latency=0.5",
             "--set", "student.init=scratch")
     assert r.exit_code == 2 and "student.latency sizes a student grown from the teacher" in r.output

@@ -192,7 +192,7 @@ class StudentConfig(Strict):
     def _one_of(self):
         sized = self.size is not None or self.flops is not None or self.latency_target()
         if self.arch and sized:
-            raise ValueError("set either student.arch or student.size / flops / latency, not both")
+            raise ValueError("set either student.arch or student.size / student.flops / student.latency, not both")
         if not self.arch and not sized:
             raise ValueError("set student.arch (e.g. wrn-16-1), student.size (e.g. 0.25) or student.latency "
                              "(e.g. 0.33)")
