@@ -7,11 +7,13 @@ verified in onnxruntime and reported; exit 1 (GateFailure) after every file is w
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from compressor.core import distributed
+from compressor.core.errors import UserError
 from compressor.core.device import environment, memory_format, resolve_device, seed_everything
 from compressor.core.fileio import write_json, write_text
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
@@ -35,6 +37,7 @@ from compressor.students.build import Student, build_student, saved_entry
 from compressor.teachers.load import LoadedModel, load_teacher
 from compressor.train.loop import FitResult, FitSpec, fit
 from compressor.train.setup import check_memory
+from compressor.verify.candidates import CandidateTimer
 from compressor.verify.results import Verification
 from compressor.verify.student import verify_student
 
@@ -69,6 +72,9 @@ def distill(
     paths = RunPaths(out)
     dev = distributed.setup(resolve_device(device or recipe.device), recipe.train)  # joins torchrun's processes
     check_data_parallel(recipe.distill, distributed.world_size())
+    if recipe.student.latency_target() and distributed.world_size() > 1:  # each process would search on its own
+        raise UserError("student.latency: the latency search runs in one process; distil with --nproc 1, or size "
+                        "the student by student.size / flops")
     require_provider(device or recipe.device)  # before any work: verification opens sessions on this device
     parallel = distributed.describe(recipe.train)
     listeners = [TerminalProgress(), *([progress] if progress else [])] if distributed.is_main() else []
@@ -90,7 +96,9 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
     # the whole step once the student exists)
     check_memory(None, teacher.model, data.input_shape, recipe.train.batch_size // distributed.world_size(), dev)
     reporter.phase("growing", "building the student")
-    grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume))
+    with tempfile.TemporaryDirectory(prefix="compressor-search-") as scratch:  # the candidates' ONNX files
+        timer = lambda: CandidateTimer(teacher.model, data, recipe, Path(scratch))  # noqa: E731
+        grown = build_student(recipe, teacher, data, saved=_saved_student(paths, resume), timer=timer)
     pairs = _pairs(recipe, teacher, grown, data, dev)
     initial_student = {k: v.detach().clone() for k, v in grown.model.state_dict().items()}  # the "before" figure
     result = fit(grown.model, data, FitSpec.of(recipe, "distill", teacher.model), paths, device=dev,

@@ -14,7 +14,7 @@ FINISHED_MARKER = "report.json"
 # what `compress distill` writes into --out (and figures/)
 RUN_FILES = ("train_state.pt", "metrics.jsonl", "student.pt", "student.onnx", "teacher.onnx", "student.int8.onnx",
              "report.json", "report.md")
-FIGURE_FILES = ("attention.png", "curves.png", "latency.png")
+FIGURE_FILES = ("attention.png", "curves.png", "latency.png", "search.png")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ A pruned student is described by a channel plan, {module path: {channel attribut
 channel counts differ from the freshly built base architecture (`students.pruning.channel_plan` writes it). These
 functions shrink a fresh base model back to it, so a student checkpoint holds only tensors, strings and numbers
 and reloads with `torch.load(weights_only=True)` anywhere.
+
+A plan also removes depth: an entry `{path: {"identity": True}}` names a residual block (its input and output
+shapes match) that the pruned model runs as `nn.Identity`, its output its input. The blocks it keeps keep their
+module paths, so their weights, attention points and the teacher's names still match.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from torch import nn
 
 from compressor.models.registry import create_model
 
+IDENTITY = "identity"  # the plan entry of a block removed whole: {path: {"identity": True}}
 # the attributes that hold a module's channel counts (Conv, BatchNorm, Linear, GroupNorm, LayerNorm)
 CHANNEL_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
                  "num_channels", "normalized_shape")
@@ -22,8 +27,19 @@ def apply_channel_plan(model: nn.Module, plan: dict, shapes: dict[str, tuple[int
     """Shrink a freshly built base model to a channel plan: set each listed module's channel attributes and give
     its parameters and buffers the shapes in `shapes` (a state_dict's key -> shape). The caller then loads the
     weights with `load_state_dict(strict=True)`, which checks every tensor. ValueError names a bad plan entry."""
+    for name, attrs in plan.items():  # blocks removed whole first: the channel entries name modules they keep
+        if isinstance(attrs, dict) and IDENTITY in attrs:
+            if attrs != {IDENTITY: True} or not name:
+                raise ValueError(f"channel plan entry {name!r}: a removed block is {{'{IDENTITY}': True}} alone")
+            try:
+                model.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"channel plan removes {name!r}, which the architecture does not have") from None
+            model.set_submodule(name, nn.Identity())
     modules = dict(model.named_modules())
     for name, attrs in plan.items():
+        if IDENTITY in attrs:
+            continue
         m = modules.get(name)
         if m is None:
             raise ValueError(f"channel plan names {name!r}, which the architecture does not have")

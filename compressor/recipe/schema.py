@@ -151,20 +151,57 @@ class StudentConfig(Strict):
         2048, description="init teacher: training images for the Taylor scores and the BatchNorm recalibration"
     )
 
+    latency: float | None = Field(
+        None, description="init teacher: the student's p50 latency as a fraction of the teacher's (0.33 = 3x faster), "
+        "measured on the deployment runtime (onnxruntime with verify's provider and threads, in alternating rounds "
+        "against the teacher) at student.latency_batch; candidates pruned in width and depth are exported and timed, "
+        "and the one that meets every target with the most accuracy right after pruning is distilled")
+    latency_ms: float | None = Field(
+        None, description="init teacher: the student's p50 latency in milliseconds at student.latency_batch "
+        "(measured as student.latency is); with student.latency / size / flops every target holds")
+    latency_batch: PositiveInt = Field(1, description="the batch size student.latency and latency_ms are measured at")
+    search: Literal["both", "width", "depth"] = Field(
+        "both", description="a latency target: which candidates are measured: channels removed (width), whole "
+        "residual blocks removed (depth: blocks whose input and output shapes match become identities, the ones "
+        "the teacher's loss misses least first), or both")
+
     @field_validator("flops")
     @classmethod
     def _flops(cls, v):
         return _amount(v, "FLOPs count", "40M, 1.5G", "kKmMgG")
 
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, v):
+        if v is not None and not 0 < v < 1:
+            raise ValueError(f"{v:g} is not a fraction of the teacher's latency in (0, 1): 0.33 asks for a student "
+                             "3x faster than the teacher (use student.latency_ms for milliseconds)")
+        return v
+
+    @field_validator("latency_ms")
+    @classmethod
+    def _latency_ms(cls, v):
+        if v is not None and v <= 0:
+            raise ValueError(f"{v:g} ms: a latency target must be above 0 ms")
+        return v
+
+    def latency_target(self) -> bool:
+        return self.latency is not None or self.latency_ms is not None
+
     @model_validator(mode="after")
     def _one_of(self):
-        if self.arch and (self.size is not None or self.flops is not None):
-            raise ValueError("set either student.arch or student.size / student.flops, not both")
-        if not self.arch and self.size is None and self.flops is None:
-            raise ValueError("set student.arch (e.g. wrn-16-1) or student.size (e.g. 0.25)")
+        sized = self.size is not None or self.flops is not None or self.latency_target()
+        if self.arch and sized:
+            raise ValueError("set either student.arch or student.size / student.flops / student.latency, not both")
+        if not self.arch and not sized:
+            raise ValueError("set student.arch (e.g. wrn-16-1), student.size (e.g. 0.25) or student.latency "
+                             "(e.g. 0.33)")
         if self.flops is not None and self.init == "scratch":
             raise ValueError("student.flops sizes a student grown from the teacher; student.init: scratch sizes by "
                              "parameters (student.size)")
+        if self.latency_target() and self.init == "scratch":
+            raise ValueError("student.latency sizes a student grown from the teacher (pruned candidates are timed); "
+                             "student.init: scratch sizes by parameters (student.size)")
         if self.arch and self.init == "teacher":
             raise ValueError("student.init: teacher prunes the teacher down to student.size; give student.size "
                              "instead of student.arch (or student.init: scratch)")

@@ -3,7 +3,9 @@
 - attention.png: for a few test images, the teacher's attention map at each pair beside the student's before
   distillation (its initial weights) and after (the paper's figures);
 - curves.png: every loss term and the train / validation accuracy per epoch (from the metrics history);
-- latency.png: onnxruntime p50 latency per batch size, teacher vs student, with the speedup.
+- latency.png: onnxruntime p50 latency per batch size, teacher vs student, with the speedup;
+- search.png: a latency search's candidates, latency (as a fraction of the teacher's) against accuracy right
+  after pruning, the target a vertical line and the chosen one marked.
 
 matplotlib's object API with the Agg canvas: no display, and no global pyplot state in a library.
 """
@@ -24,7 +26,7 @@ from compressor.data.splits import DataBundle
 from compressor.distill.at import attention_map
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import FeatureTap
-from compressor.report.models import DistillReport, Latency
+from compressor.report.models import DistillReport, Latency, LatencySearch
 
 FIGURE_IMAGES = 4  # test images in the attention figure, of distinct classes where the split allows
 
@@ -141,6 +143,32 @@ def latency_figure(path: Path, latency: Latency) -> None:
     _save(fig, path)
 
 
+def search_figure(path: Path, search: LatencySearch) -> None:
+    """Every timed candidate: p50 / teacher's p50 (x) against accuracy right after pruning (y), by depth."""
+    timed = [c for c in search.candidates if c.latency_ratio is not None and c.accuracy is not None]
+    fig = Figure(figsize=(5.6, 3.6))
+    ax = fig.subplots()
+    for depth in sorted({len(c.removed_blocks) for c in timed}):
+        group = sorted((c for c in timed if len(c.removed_blocks) == depth), key=lambda c: c.latency_ratio)
+        ax.plot([c.latency_ratio for c in group], [c.accuracy for c in group], marker="o", linewidth=1,
+                label=f"{depth} blocks removed")
+    for c in timed:
+        if c.parity_ok is False:
+            ax.scatter([c.latency_ratio], [c.accuracy], marker="x", color="red", zorder=3)
+        if c.chosen:
+            ax.scatter([c.latency_ratio], [c.accuracy], s=160, facecolors="none", edgecolors="black", zorder=3,
+                       label=f"chosen: {c.name}")
+    if search.target is not None:
+        ax.axvline(search.target, color="#d95f02", linestyle="--", label=f"target {search.target:g}")
+    ax.set(xlabel=f"p50 latency / teacher's (batch {search.batch}, onnxruntime)",
+           ylabel="accuracy right after pruning (%)", title="latency search: every candidate measured")
+    ax.title.set_fontsize(9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _figure_pairs(teacher: nn.Module, student: nn.Module, input_shape, pairs: list[Pair]) -> list[Pair]:
     """The run's attention pairs; for a run without AT (the student alone, KD) the automatic ones, if any."""
     if pairs:
@@ -175,4 +203,8 @@ def write_figures(
     if report.latency.student:
         latency_figure(out / "figures" / "latency.png", report.latency)
         figures["latency per batch size"] = "figures/latency.png"
+    search = report.student.sizing.search if report.student.sizing is not None else None
+    if search is not None:
+        search_figure(out / "figures" / "search.png", search)
+        figures["latency search: latency vs accuracy of every candidate"] = "figures/search.png"
     return figures

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from compressor.core.progress import console
-from compressor.report.models import DistillReport, VerifyReport
+from compressor.report.models import DistillReport, LatencySearch, VerifyReport
 
 
 def _n(x: float | int | None) -> str:
@@ -44,7 +44,7 @@ def summary_rows(report: DistillReport) -> dict[str, list[list[str]]]:
         ["accuracy (PyTorch)", _pct(t.accuracy), _pct(s.accuracy)],
         ["accuracy (onnxruntime)", _pct(t.onnx_accuracy), _pct(s.onnx_accuracy)],
     ]
-    grown = (s.sizing or {}).get("accuracy_after_pruning")
+    grown = _sizing(s).get("accuracy_after_pruning")
     if grown is not None:  # the student grown from the teacher: where distillation started from
         models.insert(4, ["accuracy right after pruning (PyTorch)", "", _pct(grown)])
     lat = report.latency
@@ -61,9 +61,47 @@ def summary_rows(report: DistillReport) -> dict[str, list[list[str]]]:
     return {"models": models, "latency": latency, "gates": gates}
 
 
+def _sizing(student) -> dict:
+    return student.sizing.model_dump() if student.sizing is not None else {}
+
+
+def search_rows(search: LatencySearch) -> list[list[str]]:
+    """The latency search's trade: every candidate as measured, the chosen one marked."""
+    rows = [["", "candidate", "blocks removed", "channels removed", "params", "FLOPs", "p50 ms", "of teacher",
+             "speed-up", "timed again", "accuracy after pruning", "parity", "meets the target"]]
+    for c in search.candidates:
+        timed = c.latency_ratio is not None
+        rows.append(["**chosen**" if c.chosen else "", c.name, str(len(c.removed_blocks)), f"{c.width_ratio:.0%}",
+                     _n(c.params), _n(c.flops), f"{c.p50_ms:.3f}" if timed else "–",
+                     f"{c.latency_ratio:.3f}" if timed else "–", _x(1 / c.latency_ratio) if timed else "–",
+                     "–" if c.latency_ratio_again is None else f"{c.latency_ratio_again:.3f}",
+                     _pct(c.accuracy), "–" if c.parity_ok is None else ("ok" if c.parity_ok else "FAIL"),
+                     "yes" if c.meets else f"no: {c.why_not}"])
+    return rows
+
+
+def _search_section(report: DistillReport) -> list[str]:
+    search = report.student.sizing.search if report.student.sizing is not None else None
+    if search is None:
+        return []
+    target = " and ".join(t for t in (search.target is not None and f"{search.target:g} of the teacher's p50 "
+                                      f"({1 / search.target:.2f}x faster)",
+                                      search.target_ms is not None and f"{search.target_ms:g} ms") if t)
+    final = report.latency.speedup.get(str(search.batch))
+    return [
+        f"## Latency search (target {target} at batch {search.batch})", "",
+        f"Searched {search.searched}; {search.seconds:.1f} s. Each candidate exported to ONNX and timed in "
+        f"onnxruntime ({search.provider}, {search.threads} threads) against the teacher in alternating rounds; "
+        f"accuracy right after pruning and BatchNorm recalibration ({search.calibration_images} images) on "
+        f"{search.accuracy_on}. Chosen: the most accurate candidate that meets every target and passes parity."
+        + (f" After distillation, verification measured {final:.2f}x at batch {search.batch}." if final else ""),
+        "", _md_table(search_rows(search)), "",
+    ]
+
+
 def _student_line(student) -> list[str]:
     """How the student came about: grown from the teacher (pruned) or sized / named from scratch."""
-    sizing = student.sizing or {}
+    sizing = _sizing(student)
     if sizing.get("how") == "pruned":
         return [f"- student grown from the teacher: {sizing['reason']}; test accuracy right after pruning and "
                 f"BatchNorm recalibration {sizing['accuracy_after_pruning']:.2f}%, after distillation "
@@ -113,6 +151,7 @@ def render_markdown(report: DistillReport) -> str:
         "",
         _md_table(rows["gates"]),
         "",
+        *_search_section(report),
         "## Distillation",
         "",
         *_student_line(report.student),

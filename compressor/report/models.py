@@ -14,12 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from compressor.students.search import LatencySearch, SearchCandidate
 from compressor.verify.results import ExportSection, Gate, Int8, Latency, LatencyStats, Parity, Section, Timing
 
-__all__ = ["AblationTable", "DistillReport", "ExportSection", "Gate", "Int8", "Latency", "LatencyStats", "Parity",
-           "SCHEMAS", "VerifyReport"]
+__all__ = ["AblationTable", "DistillReport", "ExportSection", "Gate", "Int8", "Latency", "LatencySearch",
+           "LatencyStats", "Parity", "SCHEMAS", "SearchCandidate", "StudentSizing", "VerifyReport"]
+
+
+class StudentSizing(BaseModel):
+    """How the student was sized or grown (students.build: `how`, `reason`, the targets, ...; free-form but for
+    `search`, the latency search's every candidate as measured)."""
+
+    model_config = ConfigDict(extra="allow")
+    search: LatencySearch | None = Field(None, description="a latency target: every candidate measured, the "
+                                         "chosen one marked")
 
 
 class ModelEntry(Section):
@@ -30,7 +40,7 @@ class ModelEntry(Section):
     onnx_accuracy: float | None = Field(None, description="top-1 % on the test split, onnxruntime")
     source: str | None = None  # the teacher's file format
     path: str | None = None  # the teacher's file
-    sizing: dict[str, Any] | None = None  # how the student was sized or grown (students.build)
+    sizing: StudentSizing | None = None  # how the student was sized or grown (students.build)
 
 
 class DataSection(Section):

@@ -6,6 +6,8 @@ report.json (`student.sizing`). `student.init`:
 - `scratch`: the largest network of the teacher's family under `student.size` (sizing.py), freshly initialised;
 - `auto` (default): `teacher` when the student is sized and the teacher can be pruned, else `scratch` with one
   line saying why. A named `student.arch` is always a scratch student.
+A latency target (`student.latency` / `latency_ms`) always grows the student from the teacher: candidates in width
+and depth are timed on the deployment runtime (search.py, with the `timer` the job passes in).
 """
 
 from __future__ import annotations
@@ -27,13 +29,15 @@ from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params, footprint
-from compressor.models.plan import apply_channel_plan, state_shapes
+from compressor.models.plan import IDENTITY, apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
 from compressor.students.pruning import (
     CannotPrune,
     channel_plan,
     grow_student,
+    taylor_grads,
 )
+from compressor.students.search import LatencySearch, Measured, search_student
 from compressor.students.sizing import choose_student_size, parse_flops, parse_size
 from compressor.teachers.load import LoadedModel
 
@@ -42,6 +46,8 @@ REBUILDABLE = ("compressor checkpoint", "state_dict", "architecture (untrained)"
 CALIBRATION_BATCH = 128  # calibration images a batch (fewer where the images are too large for memory)
 TAYLOR_IMAGES = 512  # the first calibration images score the channels (all of them recalibrate BatchNorm)
 EVAL_BATCH = 512
+SEARCH_CALIBRATION_IMAGES = 512  # a latency search recalibrates each candidate's BatchNorm on these (the chosen
+SEARCH_ACCURACY_IMAGES = 2000  # one on all of them) and ranks the candidates by accuracy on these
 
 
 @dataclass
@@ -66,12 +72,24 @@ def why_not_prunable(teacher: LoadedModel) -> str | None:
     return None
 
 
-def build_student(recipe: Recipe, teacher: LoadedModel, data: DataBundle, saved: dict | None = None) -> Student:
-    """saved: the `student` entry of an interrupted run's training state (resume rebuilds that very student)."""
+def build_student(recipe: Recipe, teacher: LoadedModel, data: DataBundle, saved: dict | None = None,
+                  timer: Callable[[], Callable[[nn.Module], Measured]] | None = None) -> Student:
+    """saved: the `student` entry of an interrupted run's training state (resume rebuilds that very student).
+    timer: for a latency target, makes the function that exports and times a candidate (verify.candidates)."""
     cfg = recipe.student
     shape = data.input_shape
     if saved is not None and saved.get("plan") is not None:
         return _rebuild(saved, data)
+    if cfg.latency_target():
+        why_not = why_not_prunable(teacher)
+        if why_not is not None:
+            raise UserError(f"student.latency: the student is grown from the teacher and timed, but {why_not}")
+        if timer is None:
+            raise ValueError("a latency target needs a timer")
+        try:
+            return _grow(recipe, teacher, data, timer)
+        except CannotPrune as e:
+            raise UserError(f"student.latency: the pruner cannot handle this teacher's graph ({e})") from None
     if cfg.arch:
         model = create_model(cfg.arch, data.num_classes, shape[0])
         return Student(model, cfg.arch, cfg.arch, None,
@@ -140,7 +158,7 @@ def _target(amount, parse, teacher_value: int, key: str, unit: str) -> int | Non
     return target
 
 
-def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle) -> Student:
+def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle, timer=None) -> Student:
     cfg = recipe.student
     full = count_params(teacher.model)
     t_flops = count_flops(teacher.model, data.input_shape)
@@ -150,11 +168,15 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle) -> Student:
     calib_batch, eval_batch = calibration_batches(teacher.model, data)
     n_calib, calib = _calibration(recipe, data, calib_batch)
     torch.manual_seed(recipe.seed)
-    model, info = grow_student(
-        teacher.model, target, target_flops=target_flops, input_shape=data.input_shape, num_classes=data.num_classes,
-        criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
-        global_ranking=cfg.allocation == "global", grad_batches=lambda: _first_images(calib(), TAYLOR_IMAGES),
-    )
+    search = None
+    if cfg.latency_target():
+        model, info, search = _latency_search(recipe, teacher, data, calib, eval_batch, target, target_flops, timer)
+    else:
+        model, info = grow_student(
+            teacher.model, target, target_flops=target_flops, input_shape=data.input_shape,
+            num_classes=data.num_classes, criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
+            global_ranking=cfg.allocation == "global", grad_batches=lambda: _first_images(calib(), TAYLOR_IMAGES),
+        )
     update_bn((x for x, _ in calib()), model)  # every BN's statistics anew: the plain average over the batches
     model.eval()
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
@@ -165,10 +187,13 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle) -> Student:
     flops = count_flops(model, data.input_shape)
     arch = ckpt_io.pruned_name(teacher.arch)
     limits = ", ".join(t for t in (target and f"target {target:,} parameters",
-                                   target_flops and f"{target_flops:,} FLOPs") if t)
+                                   target_flops and f"{target_flops:,} FLOPs",
+                                   search and _latency_limit(search)) if t)
     how = "of each channel group" if cfg.allocation == "uniform" else "of all channels, ranked globally,"
     removed = 1 - _channels(model) / _channels(teacher.model)
-    reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {removed:.1%} {how} "
+    blocks = [n for n, a in plan.items() if IDENTITY in a]
+    depth = f"{len(blocks)} residual blocks removed ({', '.join(blocks)}) and " if blocks else ""
+    reason = (f"{teacher.arch} pruned by {cfg.criterion} importance, {depth}{removed:.1%} {how} "
               f"removed{' (stem kept)' if cfg.keep_stem else ''}: {info['params']:,} parameters "
               f"({info['params'] / full:.1%} of the teacher), {flops / t_flops:.1%} of its FLOPs ({limits})")
     sizing = {
@@ -178,12 +203,43 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle) -> Student:
         "teacher_params": full, "teacher_flops": t_flops, "fraction_of_teacher": info["params"] / full,
         "criterion": cfg.criterion, "allocation": cfg.allocation, "ratio": info["ratio"], "keep_stem": cfg.keep_stem,
         "channels_removed": removed,
-        "round_to": cfg.round_to, "calibration_images": n_calib, "pruned_modules": len(plan),
-        "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason,
+        "round_to": info.get("round_to", cfg.round_to), "calibration_images": n_calib, "pruned_modules": len(plan),
+        "accuracy_after_pruning": pruned_acc, "seconds": seconds, "reason": reason, "removed_blocks": blocks,
     }
+    if search is not None:
+        sizing.update(latency_target=cfg.latency, latency_ms_target=cfg.latency_ms, latency_batch=cfg.latency_batch,
+                      search=search.model_dump(mode="json"))
     console.print(f"student grown from the teacher: {reason}; test accuracy right after pruning and BN "
                   f"recalibration {pruned_acc:.2f}% ({seconds:.1f} s)")
     return Student(model, arch, teacher.arch, plan, sizing)
+
+
+def _latency_limit(search: LatencySearch) -> str:
+    chosen = next(c for c in search.candidates if c.chosen)
+    return (f"measured {chosen.latency_ratio:.3f} of the teacher's p50 ({1 / chosen.latency_ratio:.2f}x faster) at "
+            f"batch {search.batch}, chosen of {len(search.candidates)} candidates in {search.seconds:.0f} s")
+
+
+def _latency_search(recipe: Recipe, teacher: LoadedModel, data: DataBundle, calib, eval_batch: int,
+                    target: int | None, target_flops: int | None, timer):
+    """The latency search (search.py) on the run's calibration sample; accuracy on validation images."""
+    cfg = recipe.student
+    grads = None
+    if cfg.criterion == "taylor":
+        grads = taylor_grads(teacher.model.cpu().eval(), _first_images(calib(), TAYLOR_IMAGES))
+    split, on = (data.val, "validation") if data.val is not None and len(data.val) else (data.train, "training")
+    n = min(SEARCH_ACCURACY_IMAGES, len(split))
+    normalize = data.normalize(torch.device("cpu"))
+    accuracy_batches = [(normalize(x), y) for x, y in split.take_batches(torch.arange(n), eval_batch,
+                                                                        recipe.data.workers)]
+    on = f"{n} {on} images" + (" (the split has no validation part)" if on == "training" else "")
+    model, chosen, search = search_student(
+        teacher.model, input_shape=data.input_shape, num_classes=data.num_classes, cfg=cfg, measure=timer(),
+        calibration=lambda: _first_images(calib(), SEARCH_CALIBRATION_IMAGES), accuracy_batches=accuracy_batches,
+        accuracy_on=on, grads=grads, target_params=target, target_flops=target_flops,
+        ranking_batches=_first_images(calib(), TAYLOR_IMAGES))
+    info = {"params": chosen.params, "ratio": chosen.width_ratio, "round_to": chosen.round_to}
+    return model, info, search
 
 
 def _channels(model: nn.Module) -> int:

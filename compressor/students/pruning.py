@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from compressor.core.errors import UserError, first_line
 from compressor.models.measure import count_flops, count_params
-from compressor.models.plan import CHANNEL_ATTRS
+from compressor.models.plan import CHANNEL_ATTRS, IDENTITY
 
 CRITERIA = ("taylor", "magnitude")
 
@@ -62,12 +62,16 @@ def _importance(criterion: str):
 
 def _prune_copy(model: nn.Module, ratio: float, *, criterion: str, example: torch.Tensor, num_classes: int,
                 keep_stem: bool, grads: dict[str, torch.Tensor] | None, round_to: int | None = None,
-                global_ranking: bool = False) -> nn.Module:
-    """A copy of `model` with `ratio` of its channels removed: of every prunable group (uniform), or of all groups
-    ranked together by normalised importance (global_ranking)."""
+                global_ranking: bool = False, removed: Iterable[str] = ()) -> nn.Module:
+    """A copy of `model` with the blocks `removed` made identities, then `ratio` of its channels removed: of every
+    prunable group (uniform), or of all groups ranked together by normalised importance (global_ranking)."""
     import torch_pruning as tp
 
     m = copy.deepcopy(model).eval()
+    for name in removed:
+        m.set_submodule(name, nn.Identity())
+    if ratio <= 0:
+        return m
     if grads:  # deepcopy does not copy .grad; the Taylor criterion reads it
         for name, p in m.named_parameters():
             if name in grads:
@@ -81,6 +85,79 @@ def _prune_copy(model: nn.Module, ratio: float, *, criterion: str, example: torc
     for p in m.parameters():
         p.grad = None
     return m
+
+
+def prune_copy(model: nn.Module, ratio: float, **kwargs) -> nn.Module:
+    """`_prune_copy` with the pruner's many failure types on graphs it cannot trace as one CannotPrune."""
+    try:
+        return _prune_copy(model, ratio, **kwargs)
+    except (CannotPrune, UserError):
+        raise
+    except Exception as e:
+        raise CannotPrune(first_line(e)) from None
+
+
+def taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return _taylor_grads(model, batches)
+
+
+# ---------------------------------------------------------------------------------------------- depth
+
+
+def removable_blocks(model: nn.Module, input_shape: tuple[int, int, int]) -> list[str]:
+    """The blocks a student may drop whole: modules inside an nn.Sequential (a stage of blocks) that hold a
+    convolution and whose output has their input's shape, so that the identity can take their place (a residual
+    block without downsampling). Not the model's declared feature points: those are the attention points."""
+    points = {getattr(f, "module", None) for f in getattr(model, "feature_info", None) or []}
+    found: list[str] = []
+    shapes: dict[str, bool] = {}
+    hooks = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        for child_name, child in parent.named_children():
+            name = f"{parent_name}.{child_name}" if parent_name else child_name
+            if isinstance(child, nn.Sequential) or name in points:
+                continue
+            if not any(isinstance(m, nn.Conv2d) for m in child.modules()):
+                continue
+            found.append(name)
+
+            def hook(mod, args, out, name=name):
+                x = args[0] if args else None
+                shapes[name] = isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor) and x.shape == out.shape
+
+            hooks.append(child.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(2, *input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return [n for n in found if shapes.get(n)]
+
+
+@torch.no_grad()
+def rank_blocks(model: nn.Module, names: list[str], batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                ) -> list[tuple[str, float]]:
+    """Each removable block with how much the model's cross-entropy rises on `batches` when it alone is an
+    identity; the least missed first."""
+    data = list(batches)
+    model = model.eval()
+
+    def loss(m: nn.Module) -> float:
+        return sum(float(F.cross_entropy(m(x), y, reduction="sum")) for x, y in data) / sum(len(y) for _, y in data)
+
+    base = loss(model)
+    rises = []
+    for name in names:
+        kept = model.get_submodule(name)
+        model.set_submodule(name, nn.Identity())
+        try:
+            rises.append((name, loss(model) - base))
+        finally:
+            model.set_submodule(name, kept)
+    return sorted(rises, key=lambda r: r[1])
 
 
 def _taylor_grads(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -182,9 +259,12 @@ def channel_plan(pruned: nn.Module, base: nn.Module) -> dict[str, dict[str, int 
     """{module path: {channel attribute: value}} for every module whose channel attributes differ from `base`
     (the same architecture freshly built). Plain data: it goes into checkpoints."""
     base_modules = dict(base.named_modules())
-    plan = {}
+    plan: dict = {}
     for name, m in pruned.named_modules():
         b = base_modules.get(name)
+        if isinstance(m, nn.Identity) and b is not None and not isinstance(b, nn.Identity):
+            plan[name] = {IDENTITY: True}  # a block removed whole (its children are not in the pruned model)
+            continue
         if b is None or type(b) is not type(m):
             raise CannotPrune(f"module {name or '(root)'} is not in the base architecture")
         diff = {}
