@@ -393,6 +393,10 @@ def test_web_page_in_a_real_browser(service, ci_run, tmp_path):
         browser.get(server.url + "/logout")
         browser.find_element(By.NAME, "token").send_keys(tokens["bob"])
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # wait for the login's redirect to land before navigating: a navigation started while it is in flight can
+        # be overtaken by it (bob's job list then shows instead of the job page; seen under pytest-xdist)
+        WebDriverWait(browser, 60).until(lambda b: not b.current_url.endswith("/login")
+                                         and ("No jobs yet" in b.page_source or b.find_elements(By.ID, "jobs")))
         browser.get(server.url + f"/jobs/{job['id']}")
         assert "not found" in browser.page_source and "report" not in browser.find_element(By.TAG_NAME, "body").text
     finally:
