@@ -39,8 +39,9 @@ def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: Da
     for name, t in teacher.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    for part in (teacher_arch, recipe.data.model_dump_json(), str(recipe.export.opset), str(recipe.device),
-                 str(data.preprocess), str(len(data.test))):
+    test_subset_seed = recipe.seed if recipe.data.limit_test else None  # limit_test draws its subset by the seed
+    for part in (teacher_arch, recipe.data.model_dump_json(), str(test_subset_seed), str(recipe.export.opset),
+                 str(recipe.device), str(data.preprocess), str(len(data.test))):
         h.update(part.encode())
     return h.hexdigest()
 
