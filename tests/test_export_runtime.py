@@ -130,6 +130,27 @@ def test_export_is_one_self_contained_file_with_dynamic_batch(model, exported):
         assert out.shape == (b, 10)
 
 
+def test_the_reused_translation_table_gives_the_same_graph(model, exported, tmp_path, monkeypatch):
+    """The exporter's ATen-to-ONNX table is built once per process (compressor.export.onnx): an export with the
+    table built afresh, as torch ships it, writes the same bytes, and each export gets its own copy of the table."""
+    from torch.onnx._internal.exporter import _registration
+
+    from compressor.export import onnx as onnx_export
+
+    assert onnx_export.REGISTRY_REUSED  # the pinned torch has the hook; without it this test says so
+    cached = _registration.ONNXRegistry.from_torchlib
+    a, b = cached(), cached()
+    assert a is not b and a.functions is not b.functions and a.functions == b.functions
+    key = next(iter(a.functions))
+    a.functions[key].append("a caller's own translation")
+    assert cached().functions[key] == b.functions[key]  # did not leak into the next export's table
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(cached.__func__.uncached))
+    fresh = tmp_path / "fresh.onnx"
+    export_onnx(model, fresh, input_shape=SHAPE, metadata=METADATA)
+    assert fresh.read_bytes() == exported[0].read_bytes()
+
+
 def test_parity_of_a_faithful_export(model, exported, test_data):
     result = check_parity(model, exported[0], test_data[0][:64])
     assert set(result["per_batch"]) == {"1", "17"}
