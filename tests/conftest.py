@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,12 +47,26 @@ def _is_e2e(item: pytest.Item) -> bool:
     return any(call in source for call in E2E_CALLS)
 
 
+_CACHE_CREATED: list[str] = []
+
+
 def pytest_configure(config):
+    # One cache folder (core.cache: the teacher's ONNX export and accuracy) for the whole run, shared by the xdist
+    # workers (they inherit the controller's environment) and every CLI and server the tests start; never the
+    # user's own ~/.cache, whose entries from other versions of the tree would hide a change here.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        os.environ["COMPRESSOR_CACHE"] = tempfile.mkdtemp(prefix="compressor-test-cache-")
+        _CACHE_CREATED.append(os.environ["COMPRESSOR_CACHE"])
     # A suite started in the background by a shell without job control (`make test &` in a script, nohup) ignores
     # SIGINT, and every CLI it starts would inherit that: the tests' Ctrl-C (SIGINT) would do nothing. A handler,
     # unlike an ignore, is reset to the default in a child process, as a terminal's shell would start it.
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_unconfigure(config):
+    for folder in _CACHE_CREATED:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -96,13 +112,34 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
                           timeout=timeout, env=full_env)
 
 
+def shared_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills once for the whole run, shared by the xdist workers (each would otherwise
+    build its own): the first worker builds it under a file lock, the others wait for it and reuse it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the run's base folder, above each worker's own
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory) -> Path:
-    """A real WRN-16-2 teacher trained by `compress train` on a Fashion-MNIST subset (one epoch)."""
-    out = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    r = run_cli("train", "--recipe", RECIPE, "--out", out, *sets("data.limit_train=1280"))
-    assert r.returncode == 0, r.stderr
-    return out
+    """A real WRN-16-2 teacher trained by `compress train` on a Fashion-MNIST subset (one epoch); trained once for
+    the whole run. Tests read it and copy it; none changes it."""
+
+    def build(folder: Path) -> None:
+        r = run_cli("train", "--recipe", RECIPE, "--out", folder / "teacher.pt", *sets("data.limit_train=1280"))
+        assert r.returncode == 0, r.stderr
+
+    return shared_once(tmp_path_factory, "teacher", build) / "teacher.pt"
 
 
 @pytest.fixture(scope="session")

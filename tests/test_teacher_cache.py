@@ -1,5 +1,7 @@
-"""The teacher's export and ONNX accuracy are reused by the next run in the process only when nothing they depend
-on changed: the same weights, data (and the seed that draws a limited test subset) and export settings."""
+"""The teacher's export and ONNX accuracy are reused by the next run (in the process, and from the on-disk cache by
+the next process) only when nothing they depend on changed: the same weights, data (and the seed that draws a
+limited test subset) and export settings; a damaged cache entry is never served; `COMPRESSOR_CACHE=off` turns the
+disk cache off."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from .conftest import RECIPE
 
 
 @pytest.mark.e2e  # three real ONNX exports: ~4 s each
-def test_the_teachers_export_is_reused_only_for_the_same_teacher_data_and_seed(tmp_path):
+def test_the_teachers_export_is_reused_only_for_the_same_teacher_data_and_seed(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(verify_student, "_teacher_done", [])
     recipe = load_recipe(RECIPE, ["data.limit_test=50", "data.limit_train=64"])
     data = load_data(recipe.data, recipe.seed)
     torch.manual_seed(0)
@@ -43,3 +47,44 @@ def test_the_teachers_export_is_reused_only_for_the_same_teacher_data_and_seed(t
         next(changed.parameters()).add_(1e-3)  # one weight moved: another teacher
     run("d.onnx", model=changed)
     assert measured == ["a.onnx", "c.onnx", "d.onnx"]
+
+    # a new process (nothing in memory): the first teacher comes from the disk cache, the same bytes, not measured
+    verify_student._teacher_done.clear()
+    assert run("e.onnx") == 12.5 and measured == ["a.onnx", "c.onnx", "d.onnx"]
+    assert (tmp_path / "e.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
+    entries = sorted((tmp_path / "cache" / verify_student.CACHE_KIND).glob("*.bin"))
+    assert len(entries) == 3  # a, c, d: three keys
+
+    # a damaged entry is a miss (exported and measured again, then stored whole again)
+    verify_student._teacher_done.clear()
+    key = verify_student._teacher_key(teacher, "wrn-10-1", recipe, data)
+    entry = tmp_path / "cache" / verify_student.CACHE_KIND / f"{key}.bin"
+    entry.write_bytes(entry.read_bytes()[:-10])
+    assert run("f.onnx") == 12.5 and measured[-1] == "f.onnx"
+    assert (tmp_path / "f.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes() == entry.read_bytes()
+
+    # the cache off: nothing read from disk
+    monkeypatch.setenv("COMPRESSOR_CACHE", "off")
+    verify_student._teacher_done.clear()
+    run("g.onnx")
+    assert measured[-1] == "g.onnx"
+
+
+def test_the_cache_keeps_its_size_limit_least_recently_used_out(tmp_path, monkeypatch):
+    import os
+
+    from compressor.core import cache
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path))
+    monkeypatch.setenv("COMPRESSOR_CACHE_MB", str(2.5 / 1024))  # 2.5 KiB: two 1 KiB entries fit, not three
+    assert cache.put("k", "a", b"a" * 1024, {"n": 1}) and cache.put("k", "b", b"b" * 1024, {"n": 2})
+    os.utime(tmp_path / "k" / "a.bin", (1, 1))  # a: the least recently used
+    assert cache.get("k", "b") == (b"b" * 1024, {"n": 2})
+    assert cache.put("k", "c", b"c" * 1024, {"n": 3})
+    assert cache.get("k", "a") is None and cache.get("k", "b") is not None and cache.get("k", "c") is not None
+    assert not cache.put("k", "big", b"x" * 4096, {})  # larger than the whole cache: not stored
+    (tmp_path / "k" / "c.json").write_text("{")  # a torn record: a miss, never an error
+    assert cache.get("k", "c") is None
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("x")  # the cache path is a file: skipped, not a failure
+    assert not cache.put("k", "d", b"d", {}) and cache.get("k", "d") is None

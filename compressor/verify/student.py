@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compressor.core import cache
 from compressor.core.fileio import write_bytes
 from compressor.core.progress import Reporter, console
 from compressor.data.splits import DataBundle
@@ -28,36 +29,53 @@ from compressor.verify.parity import parity_batch_sizes, parity_images
 from compressor.verify.results import ExportSection, Latency, Parity, Verification
 
 
-# The teacher's export and its ONNX accuracy, kept for the next run in this process: an ablation's runs, a service
-# worker's jobs and the test suite verify one teacher again and again. One entry: (key, ONNX bytes, accuracy).
+# The teacher's export and its ONNX accuracy, kept for the next run: an ablation's runs, a service worker's jobs,
+# a sweep over student sizes and the test suite verify one teacher again and again. In this process (one entry:
+# key, ONNX bytes, accuracy) and on disk for the next process (core.cache: keyed the same, checked when read).
 _teacher_done: list[tuple[str, bytes, float]] = []
+CACHE_KIND = "teacher-onnx"
 
 
 def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: DataBundle) -> str:
-    """What the teacher's ONNX file and accuracy depend on: its weights, the data and how it is exported and run."""
+    """What the teacher's ONNX file and accuracy depend on: its weights, the data, how it is exported and run, and
+    the versions of what exports and runs it."""
+    import onnx
+    import onnxruntime
+
+    import compressor
+
     h = hashlib.sha256()
     for name, t in teacher.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     test_subset_seed = recipe.seed if recipe.data.limit_test else None  # limit_test draws its subset by the seed
+    versions = (compressor.__version__, torch.__version__, onnx.__version__, onnxruntime.__version__)
     for part in (teacher_arch, recipe.data.model_dump_json(), str(test_subset_seed), str(recipe.export.opset),
-                 str(recipe.device), str(data.preprocess), str(len(data.test))):
+                 str(recipe.device), str(data.preprocess), str(len(data.test)), str(versions)):
         h.update(part.encode())
     return h.hexdigest()
 
 
 def _export_teacher(teacher: nn.Module, teacher_arch: str, data: DataBundle, recipe: Recipe, path: Path,
                     accuracy) -> float:
-    """teacher.onnx written (exported, or the same bytes as the last run's in this process) and its ONNX accuracy,
-    computed by `accuracy(path)` only when this process has not measured it for the same weights, data and export."""
+    """teacher.onnx written (exported, or the same bytes as an earlier run's for the same key) and its ONNX
+    accuracy, computed by `accuracy(path)` only when no earlier run measured it for the same weights, data and
+    export. A reused file is still held to the teacher's parity gate by the caller, like a fresh export."""
     key = _teacher_key(teacher, teacher_arch, recipe, data)
     if _teacher_done and _teacher_done[0][0] == key:
         write_bytes(path, _teacher_done[0][1])
         return _teacher_done[0][2]
-    export_onnx(teacher, path, input_shape=data.input_shape, opset=recipe.export.opset,
-                metadata=onnx_metadata(teacher_arch, data, "teacher"))
-    acc = accuracy(path)
-    _teacher_done[:] = [(key, path.read_bytes(), acc)]
+    hit = cache.get(CACHE_KIND, key)
+    if hit is not None and isinstance(hit[1].get("accuracy"), float):
+        onnx_bytes, acc = hit[0], hit[1]["accuracy"]
+        write_bytes(path, onnx_bytes)
+    else:
+        export_onnx(teacher, path, input_shape=data.input_shape, opset=recipe.export.opset,
+                    metadata=onnx_metadata(teacher_arch, data, "teacher"))
+        acc = accuracy(path)
+        onnx_bytes = path.read_bytes()
+        cache.put(CACHE_KIND, key, onnx_bytes, {"accuracy": acc, "arch": teacher_arch})
+    _teacher_done[:] = [(key, onnx_bytes, acc)]
     return acc
 
 
