@@ -10,7 +10,7 @@ from compressor.jobs.ablate import GRAD_AT, METHODS, Method, methods_for, render
 from compressor.recipe.load import load_recipe
 from compressor.report.models import AblationRun, AblationTable
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 # min_speedup=100: a gate every run fails, to prove a failed gate is recorded and does not stop the ablation
 TINY = sets("data.limit_train=128", "data.limit_test=100", "verify.batch_sizes=[1]", "verify.min_speedup=100")
@@ -20,7 +20,7 @@ EXPECTED_METHODS = {"student": [], "kd": ["kd"], "at": ["at"], "at+kd": ["kd", "
 @pytest.mark.slow  # ten small distillations, each exporting teacher and student to ONNX
 def test_ablate_through_the_cli(teacher_ckpt, tmp_path):
     out = tmp_path / "ablation"
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, timeout=1800)
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, timeout=1800)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((out / "ablation.json").read_text())
     assert [m["method"] for m in result["methods"]] == list(EXPECTED_METHODS)
@@ -47,7 +47,7 @@ def test_ablate_through_the_cli(teacher_ckpt, tmp_path):
 
     # rerun: finished runs are reused; one that lost its report after training is resumed (export and verify only)
     (out / "f-actt" / "seed1" / "report.json").unlink()
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, timeout=900)
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     again = json.loads((out / "ablation.json").read_text())
     reused = {(m["method"], run["seed"]): run["reused"] for m in again["methods"] for run in m["runs"]}
@@ -57,7 +57,7 @@ def test_ablate_through_the_cli(teacher_ckpt, tmp_path):
 
     # other settings in the same --out: refused before anything is overwritten
     before = (out / "ablation.json").read_text()
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, "--set", "train.lr=0.05")
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "2", "--out", out, *TINY, "--set", "train.lr=0.05")
     assert r.returncode == 2 and "finished with a different recipe (train changed)" in r.stderr
     assert "Traceback" not in r.stdout + r.stderr
     assert (out / "ablation.json").read_text() == before
@@ -98,7 +98,7 @@ def test_ablate_init_axis_through_the_cli(teacher_ckpt, tmp_path):
     student is a pruned teacher and the scratch one a sized network, each with its own --init-set overrides."""
     out = tmp_path / "ablation"
     grid = ("--init", "scratch", "--init", "teacher", "--init-set", "teacher:train.lr=0.02", "--methods", "student,at+kd")
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "1", "--out", out, *grid,
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--seeds", "1", "--out", out, *grid,
                 *TINY, "--set", "student.arch=null", "--set", "student.size=0.25", timeout=900)
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads((out / "ablation.json").read_text())
@@ -116,7 +116,7 @@ def test_ablate_init_axis_through_the_cli(teacher_ckpt, tmp_path):
     assert "| student alone (teacher) |" in md and "| student init | student alone | AT+KD | teacher |" in md
     assert "| scratch | " in md and "| teacher | " in md
 
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--init", "pruned", *TINY)
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--init", "pruned", *TINY)
     assert r.returncode == 2 and "Invalid value for '--init'" in r.stderr and "'pruned' is not one of" in r.stderr
-    r = run_cli("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--methods", "at,xx", *TINY)
+    r = run_cli_here("ablate", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--methods", "at,xx", *TINY)
     assert r.returncode == 2 and "--methods: unknown xx" in r.stderr

@@ -10,7 +10,7 @@ import torch
 from compressor.models.checkpoint import load_model
 from compressor.report.models import DistillReport
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli, run_cli_here, sets
 
 # the contract's report.json keys (../shared/CONTRACT.md): the typed report must carry every one of them
 CONTRACT = {
@@ -100,14 +100,14 @@ def test_distill_end_to_end(teacher_ckpt, tmp_path):
     assert "FLOPs" in (out / "report.md").read_text()
 
     # a finished run is not overwritten without --force
-    again = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, *sets())
+    again = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, *sets())
     assert again.returncode == 2 and "--force" in again.stderr
     assert json.loads((out / "report.json").read_text()) == report
 
 
 def test_impossible_gate_exits_1_with_artifacts(teacher_ckpt, tmp_path):
     out = tmp_path / "gated"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
                 *sets("verify.min_speedup=1000", "distill.at.enabled=false"))
     assert r.returncode == 1, r.stderr
     assert "gate min_speedup failed" in r.stderr

@@ -17,7 +17,7 @@ from compressor.models.checkpoint import load_model, load_trusted_dict
 from compressor.recipe.load import load_recipe
 from compressor.train.optim import build_optimizer
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 CPU = torch.device("cpu")
 
@@ -101,7 +101,7 @@ def test_the_objective_holds_only_the_enabled_terms():
 
 def test_distill_with_feature_transfer_keeps_adapters_out_of_the_export(teacher_ckpt, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
                 *sets("distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false",
                       "verify.batch_sizes=[1]", "data.limit_train=384"))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -122,7 +122,7 @@ def test_distill_with_feature_transfer_keeps_adapters_out_of_the_export(teacher_
     assert report["export"]["max_abs_diff"] <= 1e-4
 
     # growing the epochs resumes the run, adapters included
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--resume",
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--resume",
                 *sets("distill.feature.enabled=true", "distill.at.enabled=false", "distill.kd.enabled=false",
                       "verify.batch_sizes=[1]", "data.limit_train=384", "train.epochs=2"))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -14,7 +14,7 @@ from compressor.recipe.schema import DataConfig
 from compressor.verify.results import Latency, LatencyStats
 from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 
 def png(path):
@@ -62,7 +62,7 @@ def test_curves_and_latency_figures(tmp_path):
 
 def test_distill_report_embeds_the_figures(teacher_ckpt, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
                 *sets("data.limit_train=256", "data.limit_test=100", "verify.batch_sizes=[1,4]"))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())

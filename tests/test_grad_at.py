@@ -19,7 +19,7 @@ from compressor.models import create_model
 from compressor.models.checkpoint import load_model
 from compressor.recipe.load import load_recipe
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 
 def grad_at_terms(student, teacher, x, y, logits, *, beta, flip=False, teacher_logits=None) -> dict:
@@ -192,7 +192,7 @@ def test_methods_list_the_new_terms():
 
 def test_distill_with_gradient_at_through_the_cli(teacher_ckpt, tmp_path):
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out,
                 *sets("distill.grad_at.enabled=true", "distill.grad_at.flip=true", "distill.at.beta_schedule=cosine",
                       "verify.batch_sizes=[1]", "data.limit_train=384"))
     assert r.returncode == 0, r.stdout + r.stderr

@@ -8,7 +8,7 @@ from torchvision.datasets import FashionMNIST
 
 from compressor.data.datasets import NORMALISATION
 
-from .conftest import RECIPE, ROOT, run_cli, sets
+from .conftest import RECIPE, ROOT, run_cli_here, sets
 
 PER_CLASS = {"train": 24, "test": 8}
 
@@ -33,7 +33,7 @@ def test_imagefolder_trains_and_distils(tmp_path):
             "data.pad=2", "verify.batch_sizes=[1]", "train.lr=0.05")
 
     teacher = tmp_path / "teacher.pt"
-    r = run_cli("train", "--recipe", RECIPE, "--out", teacher, *sets(*data, "teacher.arch=wrn-10-1"))
+    r = run_cli_here("train", "--recipe", RECIPE, "--out", teacher, *sets(*data, "teacher.arch=wrn-10-1"))
     assert r.returncode == 0, r.stdout + r.stderr
     ck = torch.load(teacher, weights_only=True)
     # 28x28 grey PNGs read as RGB and resized to 32x32, normalised with ImageNet's statistics
@@ -41,7 +41,7 @@ def test_imagefolder_trains_and_distils(tmp_path):
     assert (tuple(ck["mean"]), tuple(ck["std"])) == NORMALISATION["imagefolder"]
 
     out = tmp_path / "run"
-    r = run_cli("distill", teacher, "--recipe", RECIPE, "--out", out, *sets(*data, "student.arch=wrn-10-0.5"))
+    r = run_cli_here("distill", teacher, "--recipe", RECIPE, "--out", out, *sets(*data, "student.arch=wrn-10-0.5"))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["name"] == "imagefolder" and report["data"]["classes"] == classes

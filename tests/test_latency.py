@@ -18,7 +18,7 @@ from compressor.models import create_model
 from compressor.models.plan import IDENTITY, model_from_plan
 from compressor.students.pruning import channel_plan, prune_copy, rank_blocks, removable_blocks
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 from .test_imagefolder import write_imagefolder
 
 # a short search: few calibration images, one epoch on a few hundred images, batch 1 timed only
@@ -132,7 +132,7 @@ def test_search_picks_a_student_faster_than_the_teacher(teacher_ckpt, tmp_path):
     parity, measured faster than the teacher at batch 1 by verification's own alternating rounds; --resume
     rebuilds the same student (removed blocks and all) from the saved plan."""
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-latency", "0.6", *sets(*FAST))
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-latency", "0.6", *sets(*FAST))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     sizing = report["student"]["sizing"]
@@ -153,7 +153,7 @@ def test_search_picks_a_student_faster_than_the_teacher(teacher_ckpt, tmp_path):
     assert "latency search: chose" in line
 
     # --resume with one more epoch rebuilds the chosen student from its plan (no search again)
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-latency", "0.6", "--resume",
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-latency", "0.6", "--resume",
                 *sets(*FAST, "train.epochs=2"))
     assert r.returncode == 0, r.stdout + r.stderr
     again = json.loads((out / "report.json").read_text())
@@ -186,7 +186,7 @@ def test_torchvision_resnet18_grown_at_a_latency_target(tmp_path):
     out = tmp_path / "run"
     data = ("data.name=imagefolder", f"data.root={tmp_path / 'folder'}", "data.image_size=32", "data.channels=3",
             "data.pad=2", "teacher.arch=resnet18", "train.lr=0.01", "distill.at.beta=100")
-    r = run_cli("distill", tmp_path / "resnet18.pt", "--recipe", RECIPE, "--out", out, "--student-latency", "0.5",
+    r = run_cli_here("distill", tmp_path / "resnet18.pt", "--recipe", RECIPE, "--out", out, "--student-latency", "0.5",
                 *sets(*FAST, *data))
     if r.returncode == 2:  # a clear refusal is allowed: it must name the closest latency measured
         assert "is out of reach: the fastest of" in " ".join(r.stderr.split()), r.stderr

@@ -22,7 +22,7 @@ import pytest
 
 from compressor.core.runrecord import RECORD_NAME, RunRecord
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli, run_cli_here, sets
 
 FAST = sets("data.limit_train=64", "data.limit_test=60", "train.batch_size=32", "student.arch=wrn-10-1",
             "verify.batch_sizes=[1]", "device=cpu")
@@ -45,7 +45,7 @@ def distill(cli, teacher, out, *extra):
 def finished_run(small_teacher, tmp_path_factory) -> Path:
     """One finished tiny run (every file a run writes, its run record)."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    r = run_cli("distill", small_teacher, "--recipe", RECIPE, "--out", out, *FAST)
+    r = run_cli_here("distill", small_teacher, "--recipe", RECIPE, "--out", out, *FAST)
     assert r.returncode == 0, r.stderr
     return out
 

@@ -12,7 +12,7 @@ import torch
 
 from compressor.core.device import amp_choice, cpu_has_vnni, cpu_native_bf16
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 
 def test_auto_is_bf16_where_the_cpu_has_native_bf16_and_fp32_elsewhere(monkeypatch):
@@ -39,7 +39,7 @@ def test_the_vnni_probe_reads_the_cpu():
 def test_the_choice_and_its_reason_are_printed_and_reported(small_teacher, tmp_path):
     for forced, dtype in (("1", "bfloat16"), ("0", "float32")):
         out = tmp_path / forced
-        r = run_cli("distill", small_teacher, "--recipe", RECIPE, "--out", out,
+        r = run_cli_here("distill", small_teacher, "--recipe", RECIPE, "--out", out,
                     *sets("data.limit_train=128", "train.batch_size=32", "student.arch=wrn-10-1", "device=cpu",
                           "verify.batch_sizes=[1]"), env={"COMPRESSOR_CPU_BF16": forced})
         assert r.returncode == 0, r.stdout + r.stderr

@@ -21,7 +21,7 @@ from compressor.models import create_model
 from compressor.models.plan import apply_channel_plan, model_from_plan
 from compressor.students.pruning import channel_plan, count_params, grow_student
 
-from .conftest import RECIPE, ROOT, run_cli, sets
+from .conftest import RECIPE, ROOT, run_cli_here, sets
 from .test_imagefolder import write_imagefolder
 from .test_teachers import assert_same_function, real_images
 
@@ -117,7 +117,7 @@ def test_grown_wrn_student_end_to_end(teacher_ckpt, tmp_path):
     """--student-size 0.25 from a WRN-16-2 teacher: pruned (init auto), parity, reload in a fresh process with
     weights_only=True, `compress export` of student.pt computes what student.onnx computes, --resume rebuilds it."""
     out = tmp_path / "run"
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-size", "0.25", *sets(*FAST))
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-size", "0.25", *sets(*FAST))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     s, t, sizing = report["student"], report["teacher"], report["student"]["sizing"]
@@ -144,12 +144,12 @@ def test_grown_wrn_student_end_to_end(teacher_ckpt, tmp_path):
         assert torch.equal(torch.load(tmp_path / "y.pt", weights_only=True), model(x))
 
     # compress export of student.pt: the same function as the student.onnx distill wrote
-    r = run_cli("export", out / "student.pt", "--out", tmp_path / "again.onnx")
+    r = run_cli_here("export", out / "student.pt", "--out", tmp_path / "again.onnx")
     assert r.returncode == 0, r.stdout + r.stderr
     assert_same_function(tmp_path / "again.onnx", model)
 
     # --resume with more epochs rebuilds the same pruned student from the saved plan and trains on
-    r = run_cli("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-size", "0.25", "--resume",
+    r = run_cli_here("distill", teacher_ckpt, "--recipe", RECIPE, "--out", out, "--student-size", "0.25", "--resume",
                 *sets(*FAST, "train.epochs=2"))
     assert r.returncode == 0, r.stdout + r.stderr
     again = json.loads((out / "report.json").read_text())
@@ -185,7 +185,7 @@ def test_torchvision_resnet18_state_dict_on_rgb_imagefolder(tmp_path):
     data = ("data.name=imagefolder", f"data.root={tmp_path / 'folder'}", "data.image_size=32", "data.channels=3",
             "data.pad=2", "verify.batch_sizes=[1]", "teacher.arch=resnet18", "student.init=teacher",
             "student.calibration_images=128", "train.lr=0.01", "distill.at.beta=100")  # a fine-tuning step size
-    r = run_cli("distill", tmp_path / "resnet18.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
+    r = run_cli_here("distill", tmp_path / "resnet18.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
                 *sets(*data))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -204,7 +204,7 @@ def test_timm_teacher_grows_a_student(tmp_path):
     model = timm.create_model("test_resnet", pretrained=False, num_classes=10, in_chans=1).eval()
     torch.save(model.state_dict(), tmp_path / "timm_resnet.pt")
     out = tmp_path / "run"
-    r = run_cli("distill", tmp_path / "timm_resnet.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
+    r = run_cli_here("distill", tmp_path / "timm_resnet.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
                 *sets(*FAST, "teacher.arch=timm:test_resnet", "student.init=teacher"))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, run_cli_here
 from .service_helpers import Api, Server, attempts_of, make_token, same_weights, student_weights, tiny_recipe
 
 SCRIPT = """\
@@ -102,7 +102,7 @@ def test_a_served_job_equals_compress_distill_run_locally(ci_run, small_teacher,
     the same thread count, since float sums in training differ in their last bits with the thread count."""
     work, codes, _, _ = ci_run
     local = tmp_path / "local"
-    r = run_cli("distill", small_teacher, "--recipe", work / "pass1.yaml", "--out", local,
+    r = run_cli_here("distill", small_teacher, "--recipe", work / "pass1.yaml", "--out", local,
                 env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr
     served = work / "out1"

@@ -15,7 +15,7 @@ from compressor.core.errors import UserError
 from compressor.models import create_model
 from compressor.students.sizing import candidates, choose_student_size, family_of, parse_size
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 from .test_teachers import assert_same_function
 
 FAST = ("data.limit_train=256", "verify.batch_sizes=[1]", "train.lr=0.01")
@@ -81,7 +81,7 @@ def test_quarter_of_a_torchvision_resnet34_state_dict(tmp_path):
     teacher.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)  # grey-scale Fashion-MNIST
     torch.save(teacher.state_dict(), tmp_path / "resnet34.pt")
     out = tmp_path / "run"
-    r = run_cli("distill", tmp_path / "resnet34.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
+    r = run_cli_here("distill", tmp_path / "resnet34.pt", "--recipe", RECIPE, "--out", out, "--student-size", "0.25",
                 *sets(*FAST, "teacher.arch=resnet34", "student.init=scratch"))
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())

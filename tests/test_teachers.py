@@ -24,7 +24,7 @@ from compressor.models.checkpoint import load_model
 from compressor.recipe.load import load_recipe
 from compressor.teachers.load import open_model
 
-from .conftest import RECIPE, run_cli, sets
+from .conftest import RECIPE, run_cli_here, sets
 
 # limit_test stays 300 (the teacher_ckpt's test split); a gentle lr: a few steps under an untrained teacher's
 # attention maps must not blow the student's logits up (parity is checked in absolute terms)
@@ -32,7 +32,7 @@ FAST = ("data.limit_train=256", "verify.batch_sizes=[1]", "train.lr=0.01")
 
 
 def distil(teacher, out, *overrides, args=()):
-    r = run_cli("distill", teacher, "--recipe", RECIPE, "--out", out, *args, *sets(*FAST, *overrides))
+    r = run_cli_here("distill", teacher, "--recipe", RECIPE, "--out", out, *args, *sets(*FAST, *overrides))
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads((out / "report.json").read_text()), r
 

@@ -24,7 +24,7 @@ from onnx import TensorProto, helper
 
 from compressor.data.splits import stratified_indices
 
-from .conftest import RECIPE, ROOT, check_speedups, run_cli, sets
+from .conftest import RECIPE, ROOT, check_speedups, run_cli_here, sets
 from .test_bad_inputs import FAST, assert_untouched, errors, snapshot
 
 
@@ -61,7 +61,7 @@ def test_a_second_run_into_the_same_out_refuses_and_a_killed_run_resumes(small_t
     first = _popen(*args)
     try:
         assert _wait_for(lambda: (out / ".compressor.lock").exists(), proc=first), first.communicate()[0]
-        second = run_cli(*args)
+        second = run_cli_here(*args)
         assert second.returncode == 2, second.stdout + second.stderr
         message = second.stdout + second.stderr
         assert f"{out} is in use by another run (pid {first.pid} on" in message and "Traceback" not in message
@@ -74,7 +74,7 @@ def test_a_second_run_into_the_same_out_refuses_and_a_killed_run_resumes(small_t
             first.kill()
     assert not (out / "report.json").exists()
     # the kernel dropped the dead run's lock: --resume continues in the same folder
-    r = run_cli(*args, "--resume")
+    r = run_cli_here(*args, "--resume")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] and report["distillation"]["resumed_from_epoch"] >= 1
@@ -146,7 +146,7 @@ def test_sigterm_after_training_says_how_to_go_on_and_resume_finishes(small_teac
     assert proc.returncode == 130, output
     assert "interrupted" in output and "--resume" in output and str(out / "train_state.pt") in output
     assert "Traceback" not in output and not (out / "report.json").exists()
-    r = run_cli(*args, "--resume")
+    r = run_cli_here(*args, "--resume")
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["distillation"]["resumed_from_epoch"] == 1  # the 1-epoch training had finished: not "2"

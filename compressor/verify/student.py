@@ -34,6 +34,16 @@ from compressor.verify.results import ExportSection, Latency, Parity, Verificati
 # key, ONNX bytes, accuracy) and on disk for the next process (core.cache: keyed the same, checked when read).
 _teacher_done: list[tuple[str, bytes, float]] = []
 CACHE_KIND = "teacher-onnx"
+CACHE_FORMAT = 1  # raised when what is exported or how accuracy is measured changes within a release
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("compressor")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: DataBundle) -> str:
@@ -42,14 +52,12 @@ def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: Da
     import onnx
     import onnxruntime
 
-    import compressor
-
     h = hashlib.sha256()
     for name, t in teacher.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     test_subset_seed = recipe.seed if recipe.data.limit_test else None  # limit_test draws its subset by the seed
-    versions = (compressor.__version__, torch.__version__, onnx.__version__, onnxruntime.__version__)
+    versions = (CACHE_FORMAT, _installed_version(), torch.__version__, onnx.__version__, onnxruntime.__version__)
     for part in (teacher_arch, recipe.data.model_dump_json(), str(test_subset_seed), str(recipe.export.opset),
                  str(recipe.device), str(data.preprocess), str(len(data.test)), str(versions)):
         h.update(part.encode())
