@@ -74,8 +74,8 @@ def pytest_unconfigure(config):
 # in collection order; left in alphabetical order, the service's files came last and ran side by side while the
 # cores sat half idle (~400 worker-seconds of a 14-minute run).
 LONGEST_FIRST = ("test_service_recovery.py", "test_ablate.py", "test_service_cluster.py", "test_latency.py",
-                 "test_service.py", "test_ddp.py", "test_service_store.py", "test_golden.py", "test_pruning.py",
-                 "test_trust.py", "test_cli_e2e.py", "test_streaming.py")
+                 "test_service.py", "test_ddp.py", "test_service_store.py", "test_families.py", "test_golden.py",
+                 "test_pruning.py", "test_trust.py", "test_cli_e2e.py", "test_streaming.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -96,7 +96,7 @@ def test_calibration_images_are_decoded_one_batch_at_a_time(tmp_path, monkeypatc
     from compressor.data import streaming
     from compressor.data.datasets import load_data
     from compressor.recipe.load import load_recipe
-    from compressor.students.build import _calibration
+    from compressor.students.build import calibration_sample
 
     for label in range(2):
         for split in ("train", "test"):
@@ -110,7 +110,7 @@ def test_calibration_images_are_decoded_one_batch_at_a_time(tmp_path, monkeypatc
     decoded = []
     real = streaming.decode
     monkeypatch.setattr(streaming, "decode", lambda path, channels: decoded.append(path) or real(path, channels))
-    n, batches = _calibration(recipe, data, batch_size=8)
+    n, batches = calibration_sample(recipe, data, batch_size=8)
     assert n == 40
     seen = 0
     for x, y in batches():

@@ -5,7 +5,8 @@ Registered factories build an `nn.Module` whose `feature_info` lists its attenti
 and its stride relative to the input. Attention transfer pairs these points between teacher and student.
 A model without one (the other torchvision classifiers) gets its points from `distill.points.candidate_points`.
 Also here: self-describing checkpoints (`checkpoint`), pruned models rebuilt from their channel plan (`plan`),
-parameter and FLOP counts (`measure`) and evaluation in PyTorch (`evaluate`). May import core.
+parameter and FLOP counts (`measure`), evaluation in PyTorch (`evaluate`) and BatchNorm statistics
+(`batchnorm`). May import core.
 """
 
 from compressor.models.registry import FeaturePoint, check_arch, create_model, is_registered, list_models, register_model

@@ -70,6 +70,15 @@ class Precision(Section):
     reason: str
 
 
+class BatchNormRefresh(Section):
+    """The student's BatchNorm statistics recomputed after training because too few steps had refreshed them."""
+
+    stale_fraction: float = Field(description="the largest share of a BatchNorm's running statistics still from "
+                                  "before training: (1 - momentum) ** steps")
+    steps: int
+    images: int = Field(description="training images (un-augmented) the statistics were recomputed on")
+
+
 class Distillation(Section):
     methods: list[str]
     pairs: list[Pair]
@@ -84,6 +93,8 @@ class Distillation(Section):
     resumed_from_epoch: int | None
     first_step_seconds: float | None
     amp: Precision
+    bn_recalibrated: BatchNormRefresh | None = Field(None, description="set when the student's BatchNorm statistics "
+                                                     "were recomputed after training (models.batchnorm)")
     history: list[dict[str, Any]] = Field(description="metrics.jsonl's rows, one per epoch")
 
 

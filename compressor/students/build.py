@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from compressor.core.errors import UserError
 from compressor.core.memory import fitting_batch
@@ -28,6 +27,7 @@ from compressor.data.splits import DataBundle
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
 from compressor.models.evaluate import evaluate
+from compressor.models.batchnorm import recalibrate_bn
 from compressor.models.measure import count_flops, count_params, footprint
 from compressor.models.plan import IDENTITY, apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe
@@ -122,7 +122,7 @@ def calibration_batches(teacher: nn.Module, data: DataBundle) -> tuple[int, int]
             fitting_batch(2 * fp.peak, fp.weights, EVAL_BATCH, cpu))
 
 
-def _calibration(recipe: Recipe, data: DataBundle, batch_size: int) -> tuple[int, Callable[[], Iterator]]:
+def calibration_sample(recipe: Recipe, data: DataBundle, batch_size: int) -> tuple[int, Callable[[], Iterator]]:
     """A seeded sample of un-augmented training images: (its size, a function that yields it as normalised
     (images, labels) batches on the CPU). One batch is decoded and held at a time, whatever the sample's size."""
     n = min(recipe.student.calibration_images, len(data.train))
@@ -166,7 +166,7 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle, timer=None) ->
     target_flops = _target(cfg.flops, parse_flops, t_flops, "student.flops", "FLOPs")
     started = time.perf_counter()
     calib_batch, eval_batch = calibration_batches(teacher.model, data)
-    n_calib, calib = _calibration(recipe, data, calib_batch)
+    n_calib, calib = calibration_sample(recipe, data, calib_batch)
     torch.manual_seed(recipe.seed)
     search = None
     if cfg.latency_target():
@@ -177,7 +177,7 @@ def _grow(recipe: Recipe, teacher: LoadedModel, data: DataBundle, timer=None) ->
             num_classes=data.num_classes, criterion=cfg.criterion, keep_stem=cfg.keep_stem, round_to=cfg.round_to,
             global_ranking=cfg.allocation == "global", grad_batches=lambda: _first_images(calib(), TAYLOR_IMAGES),
         )
-    update_bn((x for x, _ in calib()), model)  # every BN's statistics anew: the plain average over the batches
+    recalibrate_bn(model, calib())  # every BN's statistics anew: the plain average over the batches
     model.eval()
     base = create_model(teacher.arch, data.num_classes, data.input_shape[0])
     plan = channel_plan(model, base)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from compressor.core.errors import UserError
 from compressor.core.progress import console
+from compressor.models.batchnorm import recalibrate_bn
 from compressor.models.measure import count_flops, count_params
 from compressor.students.pruning import prune_copy, rank_blocks, removable_blocks
 
@@ -172,7 +172,7 @@ def search_student(
             console.print(f"  {name}: {params:,} params, {flops / 1e6:.2f}M FLOPs: over the {' and '.join(over)} "
                           "target, not timed")
             return rows[-1]
-        update_bn((x for x, _ in calib), model)  # every BN's statistics anew on the calibration sample
+        recalibrate_bn(model, calib)  # every BN's statistics anew on the calibration sample
         model.eval()
         m = measure(model)
         measured.append(m)

@@ -46,6 +46,7 @@ class FitResult:
     first_step_at: float | None = None  # time.perf_counter() when the first training step began (None: no step ran)
     amp: dict = field(default_factory=dict)  # the training steps' precision: setting, dtype, reason
     eval_batch: int = 512  # images a batch that evaluation can take beside the models in memory
+    steps: int = 0  # optimizer steps of the whole training (the epochs before a --resume too)
 
 
 @dataclass(frozen=True)
@@ -236,4 +237,5 @@ def _finish(run: Training, done: Progress, first_step_at: float | None) -> FitRe
         first_step_at=first_step_at,
         amp=run.amp,
         eval_batch=run.eval_batch,
+        steps=len(run.train) * len(done.history),
     )
