@@ -204,7 +204,7 @@ def test_torchvision_resnet18_grown_at_a_latency_target(tmp_path):
 # ---------------------------------------------------------------------------------------------- the search's logic
 
 
-def fake_search(latency: float, parity_fails=lambda flops: False, **cfg):
+def fake_search(latency: float, parity_fails=lambda flops: False, target_params=None, **cfg):
     """search_student on an untrained WRN-16-1 with a made-up runtime: latency ~ FLOPs plus a per-block cost, so
     the choice itself is checked without a clock."""
     from compressor.models.measure import count_flops
@@ -230,7 +230,7 @@ def fake_search(latency: float, parity_fails=lambda flops: False, **cfg):
     cfg = StudentConfig(latency=latency, criterion="magnitude", **cfg)
     model, chosen, search = search_student(
         teacher, input_shape=(1, 28, 28), num_classes=10, cfg=cfg, measure=measure, calibration=lambda: iter([(x, y)]),
-        accuracy_batches=[(x, y)], accuracy_on="64 random images", grads=None, target_params=None,
+        accuracy_batches=[(x, y)], accuracy_on="64 random images", grads=None, target_params=target_params,
         target_flops=None, ranking_batches=[(x, y)])
     return model, chosen, search, calls
 
@@ -268,6 +268,16 @@ def test_the_search_refuses_an_unreachable_target_naming_the_closest_latency():
     line = str(e.value)
     assert "\n" not in line and line.startswith("student.latency: 0.01 of the teacher's p50 (100.00x faster)")
     assert "is out of reach: the fastest of" in line and "ran at" in line
+
+
+def test_a_latency_target_beside_a_size_times_only_students_under_the_size():
+    """Every candidate timed is under student.size: a loose latency target beside a tight size made the search time
+    nothing (each level's first guesses were over the size) and refuse a target its own smaller students met."""
+    full = sum(p.numel() for p in create_model("wrn-16-1", 10, 1).parameters())
+    _, chosen, search, _ = fake_search(0.9, target_params=int(0.3 * full))
+    timed = [c for c in search.candidates if c.latency_ratio is not None]
+    assert timed and all(c.params <= 0.3 * full for c in timed)
+    assert chosen.params <= 0.3 * full and chosen.latency_ratio <= 0.9
 
 
 def test_width_only_and_depth_only_searches():

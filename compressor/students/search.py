@@ -187,19 +187,35 @@ def search_student(
                       f"accuracy after pruning {acc:.2f}%{'' if why is None else f'; misses: {why}'}")
         return rows[-1]
 
-    def ratio_for(depth: int, flops_goal: float) -> float | None:
-        """The smallest share of channels removed that brings the candidate's FLOPs under `flops_goal` (a fraction
-        of the teacher's): pruning and counting are cheap, timing is not. None when 85% cannot."""
-        if count_flops(pruned(depth, 0.0, cfg.round_to), input_shape) <= flops_goal * t_flops:
+    def smallest_ratio(depth: int, fits: Callable[[nn.Module], bool]) -> float | None:
+        """The smallest share of channels removed at this depth whose pruned model `fits`: pruning and counting
+        are cheap, timing is not. None when 85% cannot."""
+        if fits(pruned(depth, 0.0, cfg.round_to)):
             return 0.0
         lo, hi = 0.0, SMALLEST
-        if count_flops(pruned(depth, hi, cfg.round_to), input_shape) > flops_goal * t_flops:
+        if not fits(pruned(depth, hi, cfg.round_to)):
             return None
         for _ in range(6):  # to 0.015 of the ratio: finer than the timing can tell apart
             mid = (lo + hi) / 2
-            fits = count_flops(pruned(depth, mid, cfg.round_to), input_shape) <= flops_goal * t_flops
-            lo, hi = (lo, mid) if fits else (mid, hi)
+            lo, hi = (lo, mid) if fits(pruned(depth, mid, cfg.round_to)) else (mid, hi)
         return round(hi, 3)
+
+    def ratio_for(depth: int, flops_goal: float) -> float | None:
+        """The smallest share of channels removed that brings the candidate's FLOPs under `flops_goal` (a fraction
+        of the teacher's)."""
+        return smallest_ratio(depth, lambda m: count_flops(m, input_shape) <= flops_goal * t_flops)
+
+    sized: dict[int, float | None] = {}
+
+    def size_floor(depth: int) -> float | None:
+        """The fewest channels removed at this depth that meet student.size / student.flops (0 without them): a
+        latency target beside a size keeps every candidate under the size, rather than timing none."""
+        if target_params is None and target_flops is None:
+            return 0.0
+        if depth not in sized:
+            sized[depth] = smallest_ratio(depth, lambda m: (target_params is None or count_params(m) <= target_params)
+                                          and (target_flops is None or count_flops(m, input_shape) <= target_flops))
+        return sized[depth]
 
     # Each depth level: guess the FLOPs that meet the target from a line through the level's last two measured
     # (FLOPs, latency) points (the teacher's (1, 1) counts at level 0; with one point, latency proportional to
@@ -208,6 +224,10 @@ def search_student(
     # once a candidate meets it within 20% (a larger student would not), or after three candidates.
     c = 1.0
     for depth in levels:
+        floor = size_floor(depth)
+        if floor is None or (not widths and floor > 0):  # this depth cannot meet the size target (in width)
+            console.print(f"  depth {depth}: over the size target at every width searched, not timed")
+            continue
         if not widths:
             try_one(depth, 0.0, cfg.round_to)
             continue
@@ -221,6 +241,7 @@ def search_student(
             else:
                 goal = aim / c
             ratio = ratio_for(depth, goal) if goal > 0 else None
+            ratio = None if ratio is None else max(ratio, floor)
             if ratio is None:  # out of reach at this depth: the deepest level times its smallest student, the
                 if depth == levels[-1]:  # closest latency the refusal names
                     try_one(depth, SMALLEST, cfg.round_to)
@@ -287,7 +308,7 @@ def _unreachable(cfg, timed: list[SearchCandidate], rows: list[SearchCandidate],
     asked = (f"{cfg.latency:g} of the teacher's p50 ({1 / cfg.latency:.2f}x faster)" if cfg.latency is not None
              else f"{cfg.latency_ms:g} ms")
     if not timed:
-        why = "; ".join(sorted({r.why_not for r in rows if r.why_not}))
+        why = "; ".join(sorted({r.why_not for r in rows if r.why_not})) or "none meets student.size / student.flops"
         return f"{key}: {asked} is out of reach: no candidate could be timed ({why})"
     fastest, parity = min(timed, key=lambda r: r.latency_ratio), sum(r.parity_ok is False for r in timed)
     also = f"; {parity} candidates failed PyTorch/ONNX parity" if parity else ""
