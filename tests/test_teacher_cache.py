@@ -88,3 +88,31 @@ def test_the_cache_keeps_its_size_limit_least_recently_used_out(tmp_path, monkey
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "file"))
     (tmp_path / "file").write_text("x")  # the cache path is a file: skipped, not a failure
     assert not cache.put("k", "d", b"d", {}) and cache.get("k", "d") is None
+
+
+@pytest.mark.e2e  # two real ONNX exports
+def test_an_imagefolders_teacher_accuracy_is_measured_again_in_a_new_process(tmp_path, monkeypatch):
+    """Its images may change between runs: from the disk cache only the ONNX bytes are reused."""
+    from .test_imagefolder import write_imagefolder
+
+    monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(verify_student, "_teacher_done", [])
+    write_imagefolder(tmp_path / "folder")
+    recipe = load_recipe(RECIPE, ["data.name=imagefolder", f"data.root={tmp_path / 'folder'}"])
+    data = load_data(recipe.data, recipe.seed)
+    torch.manual_seed(0)
+    teacher = create_model("wrn-10-1", num_classes=data.num_classes, in_channels=data.input_shape[0]).eval()
+    measured: list[str] = []
+
+    def accuracy(path):
+        measured.append(path.name)
+        return 50.0
+
+    def run(name):
+        return verify_student._export_teacher(teacher, "wrn-10-1", data, recipe, tmp_path / name, accuracy)
+
+    run("a.onnx")
+    verify_student._teacher_done.clear()  # a new process
+    run("b.onnx")
+    assert measured == ["a.onnx", "b.onnx"]  # measured again
+    assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()  # the export reused

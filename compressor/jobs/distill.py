@@ -132,7 +132,7 @@ def _distill(teacher_path: Path, recipe: Recipe, out: Path, dev, parallel, start
 def _refresh_batchnorm(result: FitResult, recipe: Recipe, data: DataBundle, dev) -> BatchNormRefresh | None:
     """Recompute the student's BatchNorm statistics on the calibration sample when training was too short for its
     BatchNorm momentum to replace the ones it started with (models.batchnorm: a grown MobileNetV3's eval-mode
-    logits reached 5e9 on statistics 92 % stale). Longer runs are left exactly as trained."""
+    logits reached 5e9 on statistics 93 % stale). Longer runs are left exactly as trained."""
     stale = stale_fraction(result.model, result.steps)
     if stale <= STALE_LIMIT:
         return None

@@ -7,7 +7,7 @@ dropout zeroed activations while the statistics were gathered — statistics of 
 
 `stale_fraction(model, steps)`: after `steps` training steps a BatchNorm with momentum m still holds (1 - m)^steps
 of the running statistics it had before training. torchvision's MobileNetV3 and EfficientNet use m = 0.01: after
-8 steps 92 % of a grown student's statistics were those of its first weights, and its eval-mode logits reached
+7 steps 93 % of a grown student's statistics were those of its first weights, and its eval-mode logits reached
 5e9 while its training-mode logits were 0.12 (measured, docs/RESULTS.md); recalibrating brought them to 0.44.
 """
 

@@ -26,8 +26,8 @@ from compressor.data.batches import make_batches
 from compressor.data.splits import DataBundle
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model, is_registered
-from compressor.models.evaluate import evaluate
 from compressor.models.batchnorm import recalibrate_bn
+from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params, footprint
 from compressor.models.plan import IDENTITY, apply_channel_plan, state_shapes
 from compressor.recipe.schema import Recipe

@@ -68,7 +68,8 @@ def _export_teacher(teacher: nn.Module, teacher_arch: str, data: DataBundle, rec
                     accuracy) -> float:
     """teacher.onnx written (exported, or the same bytes as an earlier run's for the same key) and its ONNX
     accuracy, computed by `accuracy(path)` only when no earlier run measured it for the same weights, data and
-    export. A reused file is still held to the teacher's parity gate by the caller, like a fresh export."""
+    export (from disk: a built-in dataset's fixed files; an ImageFolder's accuracy is measured in each process, its
+    images may change between runs). A reused file is still held to the teacher's parity gate by the caller."""
     key = _teacher_key(teacher, teacher_arch, recipe, data)
     if _teacher_done and _teacher_done[0][0] == key:
         write_bytes(path, _teacher_done[0][1])
@@ -77,6 +78,8 @@ def _export_teacher(teacher: nn.Module, teacher_arch: str, data: DataBundle, rec
     if hit is not None and isinstance(hit[1].get("accuracy"), float):
         onnx_bytes, acc = hit[0], hit[1]["accuracy"]
         write_bytes(path, onnx_bytes)
+        if recipe.data.name == "imagefolder":  # its images may have changed on disk since: measured again
+            acc = accuracy(path)
     else:
         export_onnx(teacher, path, input_shape=data.input_shape, opset=recipe.export.opset,
                     metadata=onnx_metadata(teacher_arch, data, "teacher"))
