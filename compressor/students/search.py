@@ -11,7 +11,10 @@ and verify/ in the package order. Bounded: at most 16 candidates, each one expor
 - at each level, a secant search on measured latency for the width (the share of channels removed, with the
   recipe's criterion, allocation and round_to), at most three candidates; the best again at round_to 8 and 16;
 - never a candidate whose PyTorch / ONNX parity fails; of those that meet every target the most accurate (validation
-  images, after BatchNorm recalibration on a calibration sample), timed once more before it is chosen.
+  images, after BatchNorm recalibration on a calibration sample), timed once more before it is chosen;
+- beside student.size / student.flops, each level starts at the fewest channels removed that meet them.
+Over 300 lines on purpose: `search_student`'s helpers (a candidate at a depth, the size floor, timing one) close
+over one search's state; split out, each would take the teacher, the config, the targets and the rows.
 """
 
 from __future__ import annotations
