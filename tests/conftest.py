@@ -71,8 +71,8 @@ def pytest_unconfigure(config):
 
 # The files that take longest (measured: BENCHMARKS section 11), handed out first, a service file (which waits on
 # servers and jobs as much as it computes) beside a computing one. pytest-xdist gives each worker a file at a time
-# in collection order; left in alphabetical order, the service's files came last and ran side by side while the
-# cores sat half idle (~400 worker-seconds of a 14-minute run).
+# in collection order; left in alphabetical order, the service's files came last and ran side by side (the
+# recovery and rolling-restart tests, 166 s and 147 s, together at the end of a 14-minute run).
 LONGEST_FIRST = ("test_service_recovery.py", "test_ablate.py", "test_service_cluster.py", "test_latency.py",
                  "test_service.py", "test_ddp.py", "test_service_store.py", "test_families.py", "test_golden.py",
                  "test_pruning.py", "test_trust.py", "test_cli_e2e.py", "test_streaming.py")
@@ -141,14 +141,7 @@ def shared_once(tmp_path_factory, name: str, build) -> Path:
     return folder
 
 
-class Ran:
-    """What run_cli_here returns: the fields of subprocess.CompletedProcess that the tests read."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def run_cli_here(*args: str, env: dict | None = None, **_ignored) -> Ran:
+def run_cli_here(*args: str, env: dict | None = None, **_ignored) -> subprocess.CompletedProcess:
     """The same CLI (the Typer app the console script runs) in this process: for tests of what a job does, not of
     the process around it. A job costs ~7 s here against ~18 s in a new process (importing torch, onnxscript and
     matplotlib, building the exporter's tables): the suite runs ~40 of them. Tests of signals, exit codes of the
@@ -157,7 +150,7 @@ def run_cli_here(*args: str, env: dict | None = None, **_ignored) -> Ran:
     runner = CliRunner(env={"COMPRESSOR_DATA": str(ROOT / "data"), "COLUMNS": "200", "COMPRESSOR_CPU_BF16": "0",
                             **(env or {})})
     r = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-    return Ran(r.exit_code, r.stdout, r.stderr)
+    return subprocess.CompletedProcess(list(args), r.exit_code, r.stdout, r.stderr)  # what run_cli returns
 
 
 @pytest.fixture(scope="session")
