@@ -204,9 +204,9 @@ def test_torchvision_resnet18_grown_at_a_latency_target(tmp_path):
 # ---------------------------------------------------------------------------------------------- the search's logic
 
 
-def fake_search(latency: float, parity_fails=lambda flops: False, target_params=None, **cfg):
-    """search_student on an untrained WRN-16-1 with a made-up runtime: latency ~ FLOPs plus a per-block cost, so
-    the choice itself is checked without a clock."""
+def fake_search(latency: float, parity_fails=lambda flops: False, target_params=None, bump=lambda f: 0.0, **cfg):
+    """search_student on an untrained WRN-16-1 with a made-up runtime: latency ~ FLOPs plus a per-block cost (plus
+    `bump(FLOPs as a fraction of the teacher's)`), so the choice itself is checked without a clock."""
     from compressor.models.measure import count_flops
     from compressor.recipe.schema import StudentConfig
     from compressor.students.search import Measured, search_student
@@ -220,7 +220,7 @@ def fake_search(latency: float, parity_fails=lambda flops: False, target_params=
 
     def measure(model):
         flops = count_flops(model, (1, 28, 28))
-        ratio = 0.5 * flops / t_flops + 0.5 * blocks(model) / t_blocks
+        ratio = 0.5 * flops / t_flops + 0.5 * blocks(model) / t_blocks + bump(flops / t_flops)
         calls.append(ratio)
         return Measured(p50_ms=ratio, teacher_p50_ms=1.0, ratio=ratio, interval=[ratio, ratio],
                         max_abs_diff=1.0 if parity_fails(flops) else 0.0, parity_ok=not parity_fails(flops),
@@ -285,3 +285,31 @@ def test_width_only_and_depth_only_searches():
     assert all(not c.removed_blocks for c in width.candidates)
     _, _, depth, _ = fake_search(0.9, search="depth")
     assert all(c.width_ratio == 0 for c in depth.candidates)
+
+
+def test_next_flops_stays_where_the_measurements_put_the_target():
+    from compressor.students.search import _next_flops
+
+    # measured in a width-only demo search (0.4 target, aim 0.372): 34 % and 17 % of the FLOPs ran at 0.495 and
+    # 0.476 of the teacher's latency; the flat line's guess fell below zero and the old search timed its smallest
+    # candidate (6 % of the FLOPs, 0.22 of the latency, 87.9 % after distillation against 93.1 %)
+    points = [(1.0, 1.0), (0.34, 0.495), (0.17, 0.476)]
+    goal = _next_flops(points, 0.372, 0.476 / 0.17)
+    assert 0.17 * 0.372 / 0.476 / 2 <= goal < 0.17
+    # bracketed (fast enough at 6 %, too slow at 17 %): a flat line's guess far outside is replaced by the middle
+    assert _next_flops([(0.06, 0.223), (0.17, 0.476), (0.5, 0.48)], 0.372, 1.0) == pytest.approx((0.06 + 0.17) / 2)
+    # a line inside the bracket is followed
+    goal = _next_flops([(1.0, 1.0), (0.17, 0.476), (0.06, 0.223)], 0.372, 0.223 / 0.06)
+    assert goal == pytest.approx(0.06 + (0.372 - 0.223) / ((0.476 - 0.223) / 0.11))
+    # the first guess: proportional to the teacher's (1, 1), or carried over from the last level
+    assert _next_flops([(1.0, 1.0)], 0.372, 1.0) == pytest.approx(0.372)
+    assert _next_flops([], 0.372, 2.0) == pytest.approx(0.186)
+
+
+def test_a_width_search_through_a_flat_stretch_lands_near_the_target():
+    """Latency that hardly falls between 80 % and 40 % of the FLOPs (a stretch of slow odd channel counts): the
+    search still ends with a student within 20 % under the target, not its smallest one (the old search's choice:
+    0.62 of the teacher's latency for a target of 0.8)."""
+    _, chosen, search, _ = fake_search(0.8, search="width", bump=lambda f: max(0, 0.33 - 0.45 * f) if 0.4 < f < 0.8 else 0)
+    assert 0.8 * 0.8 <= chosen.latency_ratio <= 0.8, [
+        (c.name, round(c.latency_ratio or 0, 3)) for c in search.candidates]

@@ -9,7 +9,8 @@ and verify/ in the package order. Bounded: at most 16 candidates, each one expor
 - depth levels: none, and the least-missed third, two thirds and all of the removable blocks (`pruning.rank_blocks`:
   the teacher's loss rise without each);
 - at each level, a secant search on measured latency for the width (the share of channels removed, with the
-  recipe's criterion, allocation and round_to), at most three candidates; the best again at round_to 8 and 16;
+  recipe's criterion, allocation and round_to), kept between the widths measured too slow and fast enough, at
+  most three candidates a level (six when width alone is searched); the best again at round_to 8 and 16;
 - never a candidate whose PyTorch / ONNX parity fails; of those that meet every target the most accurate (validation
   images, after BatchNorm recalibration on a calibration sample), timed once more before it is chosen;
 - beside student.size / student.flops, each level starts at the fewest channels removed that meet them.
@@ -223,8 +224,11 @@ def search_student(
     # Each depth level: guess the FLOPs that meet the target from a line through the level's last two measured
     # (FLOPs, latency) points (the teacher's (1, 1) counts at level 0; with one point, latency proportional to
     # FLOPs, its factor carried over from the last level), time the width that has them, and guess again: a secant
-    # search on measured latency, aiming a little under the target (verification measures again); a level stops
-    # once a candidate meets it within 20% (a larger student would not), or after three candidates.
+    # search on measured latency, aiming a little under the target (verification measures again). Measurements are
+    # noisy and latency is not monotone in FLOPs (odd channel counts run slower), so a guess is kept inside what
+    # the level has measured (`_next_flops`). A level stops once a candidate meets the target within 20% (a larger
+    # student would not), or after its share of the candidates: three, six when width alone is searched.
+    per_level = max(3, min(6, (MAX_CANDIDATES - len(ROUND_TOS) - 1) // len(levels)))
     c = 1.0
     for depth in levels:
         floor = size_floor(depth)
@@ -235,14 +239,9 @@ def search_student(
             try_one(depth, 0.0, cfg.round_to)
             continue
         points = [(1.0, 1.0)] if depth == 0 else []
-        for _ in range(3):
+        for _ in range(per_level):
             aim = AIM * target_ratio()
-            if len(points) >= 2 and points[-1][0] != points[-2][0]:
-                (f0, r0), (f1, r1) = points[-2:]
-                slope = (r1 - r0) / (f1 - f0)
-                goal = f1 + (aim - r1) / slope if slope > 0 else aim / c
-            else:
-                goal = aim / c
+            goal = _next_flops(points, aim, c)
             ratio = ratio_for(depth, goal) if goal > 0 else None
             ratio = None if ratio is None else max(ratio, floor)
             if ratio is None:  # out of reach at this depth: the deepest level times its smallest student, the
@@ -282,6 +281,36 @@ def search_student(
                   f"{cfg.latency_batch}, accuracy after pruning {best.accuracy:.2f}%) of {len(timed)} timed "
                   f"candidates in {seconds:.1f} s")
     return models[best.name], next(r for r in rows if r.chosen), search
+
+
+def _next_flops(points: list[tuple[float, float]], aim: float, c: float) -> float:
+    """The FLOPs (a fraction of the teacher's) to try next at one depth level, from its measured (FLOPs, latency
+    ratio) points, aiming at the latency ratio `aim`.
+
+    The secant through the last two points; with fewer, latency proportional to FLOPs (factor `c`). Measurements
+    are noisy and latency is not monotone in FLOPs (odd channel counts run slower), and two close points can give
+    a flat line whose guess lands anywhere (measured: 0.495 and 0.476 of the teacher's latency at 34 % and 17 % of
+    its FLOPs sent the old search to its smallest candidate). So the guess is kept where the level's measurements
+    say the target is: with a point fast enough (<= aim) and one too slow, strictly between them (else their
+    middle); with only too slow ones, no lower than half the proportional guess from the fewest FLOPs too slow."""
+    goal, secant = aim / c, None
+    if len(points) >= 2 and points[-1][0] != points[-2][0]:
+        (f0, r0), (f1, r1) = points[-2:]
+        slope = (r1 - r0) / (f1 - f0)
+        if slope > 0:
+            secant = goal = f1 + (aim - r1) / slope
+    fast = [f for f, r in points if r <= aim]
+    slow = [(f, r) for f, r in points if r > aim]
+    if not slow:
+        return goal
+    hi, r_hi = min(slow)
+    if fast and max(fast) < hi:
+        lo = max(fast)
+        return goal if lo < goal < hi else (lo + hi) / 2
+    if fast:  # a point with more FLOPs ran fast enough and one with fewer did not: noise; trust the line
+        return goal
+    proportional = aim * hi / r_hi
+    return secant if secant is not None and proportional / 2 <= secant < hi else proportional
 
 
 def _confirmed(rows: list[SearchCandidate], models: dict[str, nn.Module], measure, misses) -> SearchCandidate | None:
