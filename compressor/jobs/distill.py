@@ -27,7 +27,7 @@ from compressor.jobs.common import batches_for, raise_failed, run_inputs
 from compressor.jobs.outdir import claim, claimed, remove_leftovers
 from compressor.jobs.paths import RunPaths
 from compressor.models import checkpoint as ckpt_io
-from compressor.models.batchnorm import recalibrate_bn, stale_fraction
+from compressor.models.batchnorm import STALE_LIMIT, recalibrate_bn, stale_fraction
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
 from compressor.recipe.schema import Recipe, teacher_arch_given
@@ -42,7 +42,6 @@ from compressor.verify.candidates import CandidateTimer
 from compressor.verify.results import Verification
 from compressor.verify.student import verify_student
 
-STALE_LIMIT = 0.05  # BatchNorm statistics more than 5 % from before training are recomputed (models.batchnorm)
 
 
 def _saved_student(paths: RunPaths, resume: bool) -> dict | None:
