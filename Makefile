@@ -67,8 +67,9 @@ postgres:
 
 # The suite runs on every core (pytest-xdist), one file's tests on one worker, one thread a worker: on a 2-core
 # machine two tests overlap their single-threaded parts (imports, process start-up, servers' polls) instead of
-# two threads of one test spinning. `make test-fast` is the unit tier alone (no whole job, no server): about a minute.
-PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+# two threads of one test spinning; the longest files first (tests/conftest.py: LONGEST_FIRST; xdist would order
+# files by their number of tests). `make test-fast` is the unit tier alone (no whole job, no server): about a minute.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: data browser postgres
 	$(PYTEST)

@@ -69,13 +69,15 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# The files that take longest (measured: BENCHMARKS section 11), handed out first, a service file (which waits on
-# servers and jobs as much as it computes) beside a computing one. pytest-xdist gives each worker a file at a time
-# in collection order; left in alphabetical order, the service's files came last and ran side by side (the
-# recovery and rolling-restart tests, 166 s and 147 s, together at the end of a 14-minute run).
-LONGEST_FIRST = ("test_service_recovery.py", "test_ablate.py", "test_service_cluster.py", "test_latency.py",
-                 "test_service.py", "test_ddp.py", "test_service_store.py", "test_families.py", "test_golden.py",
-                 "test_pruning.py", "test_trust.py", "test_cli_e2e.py", "test_streaming.py")
+# The files that take longest, longest first (seconds of their tests on the 2-core AMD machine, a fresh clone's
+# `make test --durations=0`, BENCHMARKS section 11): pytest-xdist hands each worker a file at a time in this order
+# (the Makefile turns off xdist's own reordering by test count, which put the one-test service files last, side
+# by side: the recovery and rolling-restart tests, 166 s and 147 s, together at the end of a 14-minute run), so
+# the run ends on short files that fill both workers. The rest keep collection order.
+LONGEST_FIRST = ("test_service_cluster.py", "test_latency.py", "test_ddp.py", "test_families.py", "test_service.py",
+                 "test_ablate.py", "test_pruning.py", "test_service_recovery.py", "test_streaming.py", "test_trust.py",
+                 "test_service_store.py", "test_golden.py", "test_cli_e2e.py", "test_bad_inputs.py", "test_teachers.py",
+                 "test_verify_cli.py", "test_resume.py", "test_ownership.py", "test_memory.py", "test_sizing.py")
 
 
 def pytest_collection_modifyitems(config, items):
