@@ -73,8 +73,8 @@ def _train_teacher(recipe: Recipe, out: Path, dev, state_path: Path, metrics_pat
 
 def _refresh_batchnorm(result, recipe: Recipe, data, dev) -> dict | None:
     """Recompute the teacher's BatchNorm statistics on the calibration sample when training was too short for its
-    momentum to wash out the initial variance of 1 (models.batchnorm.init_residue: torchvision's MobileNetV3 and
-    EfficientNet, momentum 0.01, over a few hundred steps). Longer runs are left exactly as trained."""
+    momentum to wash out the initial variance of 1 (models.batchnorm.init_residue: torchvision's MobileNetV3,
+    momentum 0.01, over a few hundred steps). Longer runs are left exactly as trained."""
     steps = result.steps * result.best_epoch // max(len(result.history), 1)  # the kept epoch's: best by validation
     residue = init_residue(result.model, steps)
     if residue <= STALE_LIMIT:

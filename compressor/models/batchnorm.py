@@ -6,7 +6,7 @@ training mode, so stochastic depth (torchvision's EfficientNet, ConvNeXt) droppe
 dropout zeroed activations while the statistics were gathered — statistics of a network that inference never runs.
 
 `stale_fraction(model, steps)`: after `steps` training steps a BatchNorm with momentum m still holds (1 - m)^steps
-of the running statistics it had before training. torchvision's MobileNetV3 and EfficientNet use m = 0.01: after
+of the running statistics it had before training. torchvision's MobileNetV3 uses m = 0.01 (EfficientNet 0.1): after
 7 steps 93 % of a grown student's statistics were those of its first weights, and its eval-mode logits reached
 5e9 while its training-mode logits were 0.12 (measured, docs/RESULTS.md); recalibrating brought them to 0.44.
 
