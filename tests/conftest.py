@@ -69,23 +69,10 @@ def pytest_unconfigure(config):
         shutil.rmtree(folder, ignore_errors=True)
 
 
-# The files that take longest, longest first (seconds of their tests on the 2-core AMD machine, a fresh clone's
-# `make test --durations=0`, BENCHMARKS section 11): pytest-xdist hands each worker a file at a time in this order
-# (the Makefile turns off xdist's own reordering by test count, which put the one-test service files last, side
-# by side: the recovery and rolling-restart tests, 166 s and 147 s, together at the end of a 14-minute run), so
-# the run ends on short files that fill both workers. The rest keep collection order.
-LONGEST_FIRST = ("test_service_cluster.py", "test_latency.py", "test_ddp.py", "test_families.py", "test_service.py",
-                 "test_ablate.py", "test_pruning.py", "test_service_recovery.py", "test_streaming.py", "test_trust.py",
-                 "test_service_store.py", "test_golden.py", "test_cli_e2e.py", "test_bad_inputs.py", "test_teachers.py",
-                 "test_verify_cli.py", "test_resume.py", "test_ownership.py", "test_memory.py", "test_sizing.py")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _is_e2e(item):
             item.add_marker(pytest.mark.e2e)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def sets(*overrides: str) -> list[str]:
