@@ -43,7 +43,6 @@ from compressor.verify.results import Verification
 from compressor.verify.student import verify_student
 
 
-
 def _saved_student(paths: RunPaths, resume: bool) -> dict | None:
     """--resume of a run whose student was grown from the teacher: the saved channel plan rebuilds it."""
     if not (resume and paths.state.exists()):
