@@ -1,4 +1,5 @@
-"""What several jobs share: the test batches, the gates' verdict, an output file's checks, a C,H,W option."""
+"""What several jobs share: the test batches, the gates' verdict, an output file's checks, a C,H,W option, and
+BatchNorm statistics recomputed after a short training."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 from pathlib import Path
 
 from compressor.core.device import memory_format
+from compressor.core.progress import console
 from compressor.core.errors import GateFailure, UserError
 from compressor.data.batches import Batches, make_batches
 from compressor.data.splits import DataBundle
+from compressor.models.batchnorm import recalibrate_bn
 from compressor.recipe.schema import Recipe
+from compressor.students.build import calibration_batches, calibration_sample
 from compressor.verify.results import Gate
 
 
@@ -19,6 +23,17 @@ def batches_for(split, data: DataBundle, device, recipe: Recipe, batch_size: int
     fmt = memory_format(recipe.train.channels_last)
     return make_batches(split.to(device), batch_size, data.normalize(device, fmt),
                         workers=recipe.data.workers, device=device)
+
+
+def recompute_batchnorm(model, recipe: Recipe, data: DataBundle, device, why: str) -> int:
+    """Every BatchNorm's statistics of `model` anew on the recipe's calibration sample of training images (a
+    training too short for the layers' momentum: models.batchnorm); prints one line ending in `why`. Returns the
+    images seen."""
+    batch, _ = calibration_batches(model, data)
+    n, calib = calibration_sample(recipe, data, batch)
+    recalibrate_bn(model, calib(), device=device)
+    console.print(f"BatchNorm statistics recomputed on {n} training images: {why}")
+    return n
 
 
 def run_inputs(teacher: Path | None, recipe: Recipe) -> dict[str, Path]:

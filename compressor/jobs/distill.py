@@ -23,18 +23,18 @@ from compressor.distill.objective import check_data_parallel
 from compressor.distill.pairs import Pair, find_pairs
 from compressor.distill.points import modified_in_place
 from compressor.export.sessions import require_provider
-from compressor.jobs.common import batches_for, raise_failed, run_inputs
+from compressor.jobs.common import batches_for, raise_failed, recompute_batchnorm, run_inputs
 from compressor.jobs.outdir import claim, claimed, remove_leftovers
 from compressor.jobs.paths import RunPaths
 from compressor.models import checkpoint as ckpt_io
-from compressor.models.batchnorm import STALE_LIMIT, recalibrate_bn, stale_fraction
+from compressor.models.batchnorm import STALE_LIMIT, stale_fraction
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_flops, count_params
 from compressor.recipe.schema import Recipe, teacher_arch_given
 from compressor.report.figures import write_figures
 from compressor.report.models import BatchNormRefresh, DataSection, Distillation, DistillReport, ModelEntry
 from compressor.report.markdown import print_summary, render_markdown
-from compressor.students.build import Student, build_student, calibration_batches, calibration_sample, saved_entry
+from compressor.students.build import Student, build_student, saved_entry
 from compressor.teachers.load import LoadedModel, load_teacher
 from compressor.train.loop import FitResult, FitSpec, fit
 from compressor.train.setup import check_memory
@@ -134,11 +134,8 @@ def _refresh_batchnorm(result: FitResult, recipe: Recipe, data: DataBundle, dev)
     stale = stale_fraction(result.model, result.steps)
     if stale <= STALE_LIMIT:
         return None
-    batch, _ = calibration_batches(result.model, data)
-    n, calib = calibration_sample(recipe, data, batch)
-    recalibrate_bn(result.model, calib(), device=dev)
-    console.print(f"BatchNorm statistics recomputed on {n} training images: after {result.steps} training steps "
-                  f"{stale:.0%} of them were still the ones the student started with")
+    n = recompute_batchnorm(result.model, recipe, data, dev, f"after {result.steps} training steps {stale:.0%} of "
+                            "them were still the ones the student started with")
     return BatchNormRefresh(stale_fraction=stale, steps=result.steps, images=n)
 
 

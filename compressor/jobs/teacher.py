@@ -10,16 +10,15 @@ from compressor.core.device import resolve_device, seed_everything
 from compressor.core.errors import UserError
 from compressor.core.progress import Listener, Reporter, TerminalProgress, console
 from compressor.data.datasets import data_root, load_data
-from compressor.jobs.common import batches_for, run_inputs
+from compressor.jobs.common import batches_for, recompute_batchnorm, run_inputs
 from compressor.jobs.outdir import claim, claimed, remove_leftovers
 from compressor.jobs.paths import CheckpointPaths
 from compressor.models import checkpoint as ckpt_io
 from compressor.models import create_model
-from compressor.models.batchnorm import STALE_LIMIT, init_residue, recalibrate_bn
+from compressor.models.batchnorm import STALE_LIMIT, init_residue
 from compressor.models.evaluate import evaluate
 from compressor.models.measure import count_params
 from compressor.recipe.schema import Recipe
-from compressor.students.build import calibration_batches, calibration_sample
 from compressor.train.loop import FitSpec, fit
 
 
@@ -79,9 +78,6 @@ def _refresh_batchnorm(result, recipe: Recipe, data, dev) -> dict | None:
     residue = init_residue(result.model, steps)
     if residue <= STALE_LIMIT:
         return None
-    batch, _ = calibration_batches(result.model, data)
-    n, calib = calibration_sample(recipe, data, batch)
-    recalibrate_bn(result.model, calib(), device=dev)
-    console.print(f"BatchNorm statistics recomputed on {n} training images: after {steps} training steps "
-                  f"{residue:.0%} of a layer's running variance was still its initial value")
+    n = recompute_batchnorm(result.model, recipe, data, dev, f"after {steps} training steps {residue:.0%} of a "
+                            "layer's running variance was still its initial value")
     return {"init_residue": residue, "steps": steps, "images": n}
