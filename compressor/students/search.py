@@ -9,8 +9,8 @@ and verify/ in the package order. Bounded: at most 16 candidates, each one expor
 - depth levels: none, and the least-missed third, two thirds and all of the removable blocks (`pruning.rank_blocks`:
   the teacher's loss rise without each);
 - at each level, a secant search on measured latency for the width (the share of channels removed, with the
-  recipe's criterion, allocation and round_to), kept between the widths measured too slow and fast enough, at
-  most three candidates a level (six when width alone is searched); the best again at round_to 8 and 16;
+  recipe's criterion, allocation and round_to), kept between the widths measured too slow and fast enough, three
+  to six candidates a level (six when width alone is searched); the best again at round_to 8 and 16;
 - never a candidate whose PyTorch / ONNX parity fails; of those that meet every target the most accurate (validation
   images, after BatchNorm recalibration on a calibration sample), timed once more before it is chosen;
 - beside student.size / student.flops, each level starts at the fewest channels removed that meet them.
@@ -227,7 +227,8 @@ def search_student(
     # search on measured latency, aiming a little under the target (verification measures again). Measurements are
     # noisy and latency is not monotone in FLOPs (odd channel counts run slower), so a guess is kept inside what
     # the level has measured (`_next_flops`). A level stops once a candidate meets the target within 20% (a larger
-    # student would not), or after its share of the candidates: three, six when width alone is searched.
+    # student would not), or after its share of the candidates (13 over the levels, three to six a level: three at
+    # four levels, six when width alone is searched).
     per_level = max(3, min(6, (MAX_CANDIDATES - len(ROUND_TOS) - 1) // len(levels)))
     c = 1.0
     for depth in levels:
