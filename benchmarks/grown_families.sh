@@ -17,13 +17,5 @@ torch.save(create_model('$arch', 10, 3).state_dict(), '$dir/teacher.pt')"
     --set data.channels=3 --set data.limit_train=1024 --set data.limit_test=200 --set train.epochs=1 \
     --set train.lr=0.02 --set 'verify.batch_sizes=[1,64]' --set verify.min_speedup=1.0 \
     --set verify.max_accuracy_drop=null --set verify.min_runs=20 --set verify.min_seconds=0 || true
-  .venv/bin/python - "$dir/run/report.json" "$arch" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-g = {x["name"]: x for x in r["gates"]}
-print(f"{sys.argv[2]}: params {r['student']['params']:,} of {r['teacher']['params']:,}, "
-      f"parity {g['max_abs_diff']['value']:.3g} (limit {g['max_abs_diff']['limit']:.3g}), "
-      f"speed-up batch 1 {r['latency']['speedup']['1']:.2f}x, batch 64 {r['latency']['speedup']['64']:.2f}x, "
-      f"BatchNorm recomputed: {r['distillation']['bn_recalibrated'] is not None}")
-PY
+  .venv/bin/python benchmarks/family_report.py "$dir/run/report.json" "$arch"
 done

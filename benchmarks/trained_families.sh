@@ -18,14 +18,5 @@ for arch in "${archs[@]}"; do
   .venv/bin/compress distill "$dir/teacher.pt" --recipe tests/smoke.yaml --out "$dir/run" --force --student-size 0.25 \
     --set teacher.arch="$arch" --set student.arch=null --set student.init=teacher --set train.epochs=1 "${common[@]}" \
     --set 'verify.batch_sizes=[1,64]' --set verify.min_speedup=1.0 --set verify.max_accuracy_drop=null || true
-  .venv/bin/python - "$dir/run/report.json" "$arch" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-g = {x["name"]: x for x in r["gates"]}
-print(f"{sys.argv[2]}: teacher {r['teacher']['accuracy']:.2f}%, student {r['student']['onnx_accuracy']:.2f}% "
-      f"(after pruning {r['student']['sizing']['accuracy_after_pruning']:.2f}%), params {r['student']['params']:,} of "
-      f"{r['teacher']['params']:,}, parity {g['max_abs_diff']['value']:.3g} (limit {g['max_abs_diff']['limit']:.3g}), "
-      f"speed-up batch 1 {r['latency']['speedup']['1']:.2f}x, batch 64 {r['latency']['speedup']['64']:.2f}x, "
-      f"BatchNorm recomputed: {r['distillation']['bn_recalibrated']}, passed {r['passed']}")
-PY
+  .venv/bin/python benchmarks/family_report.py "$dir/run/report.json" "$arch"
 done
