@@ -43,9 +43,7 @@ def distill(
 
     Exit 0: all gates passed; 1: a gate failed (all artifacts still written); 2: bad input; 130: interrupted.
     """
-    from compressor.core import distributed
     from compressor.core.errors import UserError
-    from compressor.jobs.distill import distill as run_distill
     from compressor.recipe.load import load_recipe
 
     sets = overrides(set_, device)
@@ -59,6 +57,10 @@ def distill(
     if student_latency:
         sets += [f"student.latency={student_latency}", "student.arch=null"]
     r = load_recipe(recipe, sets)
+    # the job's modules (the exporter, onnxruntime, matplotlib: seconds of imports) only for a recipe that validated
+    from compressor.core import distributed
+    from compressor.jobs.distill import distill as run_distill
+
     if nproc > 1 and not distributed.launched():  # checked here, the launch is the children's business
         distributed.per_rank_batch(r.train.batch_size, nproc)
         # the children get the command line as given (a flag added to distill reaches them without a list here);

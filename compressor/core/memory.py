@@ -16,8 +16,6 @@ import os
 import resource
 from pathlib import Path
 
-import torch
-
 from compressor.core.errors import UserError
 
 
@@ -61,6 +59,8 @@ def _address_space_headroom() -> int | None:
 def available(device: torch.device | None = None) -> tuple[int | None, str]:
     """(bytes this process can still allocate on `device`, where the figure comes from); None: unknown."""
     if device is not None and device.type == "cuda":
+        import torch  # here: the CLI's error handling imports this module, and `compress submit` never needs torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return free, f"free memory of {torch.cuda.get_device_name(device)}"
     limits = [(v, why) for v, why in ((_meminfo("MemAvailable"), "RAM available on this machine"),

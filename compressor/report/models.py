@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from compressor.students.search import LatencySearch, SearchCandidate
+from compressor.students.results import LatencySearch, SearchCandidate
 from compressor.verify.results import ExportSection, Gate, Int8, Latency, LatencyStats, Parity, Section, Timing
 
 __all__ = ["AblationTable", "DistillReport", "ExportSection", "Gate", "Int8", "Latency", "LatencySearch",

@@ -37,7 +37,8 @@ from compressor.students.pruning import (
     grow_student,
     taylor_grads,
 )
-from compressor.students.search import LatencySearch, Measured, search_student
+from compressor.students.results import LatencySearch
+from compressor.students.search import Measured, search_student
 from compressor.students.sizing import choose_student_size, parse_flops, parse_size
 from compressor.teachers.load import LoadedModel
 

@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from compressor.core.errors import UserError
@@ -33,15 +32,12 @@ from compressor.core.progress import console
 from compressor.models.batchnorm import recalibrate_bn
 from compressor.models.measure import count_flops, count_params
 from compressor.students.pruning import prune_copy, rank_blocks, removable_blocks
+from compressor.students.results import LatencySearch, RankedBlock, SearchCandidate
 
 AIM = 0.93  # candidates aim this far under the latency target: the final verification times the student again
 ROUND_TOS = (8, 16)  # channel multiples tried at the best candidate (onnxruntime's CPU kernels block by 8 or 16)
 SMALLEST = 0.85  # the most channels a candidate loses (near 1 the pruner leaves groups whole: FLOPs rise again)
 MAX_CANDIDATES = 16  # a hard bound on the search's work, whatever the teacher
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is a bug where the report is made
 
 
 @dataclass
@@ -56,52 +52,6 @@ class Measured:
     parity_ok: bool
     provider: str
     threads: int
-
-
-class RankedBlock(_Model):
-    name: str
-    loss_rise: float = Field(description="the teacher's cross-entropy without this block, minus with it")
-
-
-class SearchCandidate(_Model):
-    """One candidate of a latency search, as measured."""
-
-    name: str = Field(description="depth/width/round_to, e.g. 'd2 w0.40 r4': 2 blocks removed, 40% of channels")
-    removed_blocks: list[str]
-    width_ratio: float = Field(description="the share of channels removed (0 = all kept)")
-    round_to: int | None
-    params: int
-    flops: int
-    p50_ms: float | None = Field(None, description="onnxruntime p50 at the target's batch size")
-    teacher_p50_ms: float | None = None
-    latency_ratio: float | None = Field(None, description="p50 / the teacher's p50, in the same alternating rounds")
-    latency_ratio_interval: list[float] | None = None
-    latency_ratio_again: float | None = Field(None, description="the best candidates are timed once more before "
-                                              "one is chosen: that measurement")
-    accuracy: float | None = Field(None, description="top-1 % right after pruning and BatchNorm recalibration")
-    max_abs_diff: float | None = Field(None, description="PyTorch vs onnxruntime logits")
-    parity_ok: bool | None = None
-    meets: bool = Field(description="meets every target and passes parity")
-    why_not: str | None = Field(None, description="the target it misses, or why it was not timed")
-    chosen: bool = False
-
-
-class LatencySearch(_Model):
-    """report.json's `student.sizing.search`: what a latency search measured and chose."""
-
-    target: float | None = Field(description="student.latency: p50 as a fraction of the teacher's")
-    target_ms: float | None = Field(description="student.latency_ms")
-    batch: int
-    provider: str | None
-    threads: int | None
-    searched: str = Field(description="which candidates were considered: width, depth or both")
-    blocks: list[RankedBlock] = Field(description="the removable blocks, least missed first")
-    candidates: list[SearchCandidate]
-    chosen: str | None
-    seconds: float
-    calibration_images: int
-    accuracy_images: int
-    accuracy_on: str = Field(description="the split the candidates' accuracy is measured on")
 
 
 @torch.no_grad()
