@@ -78,3 +78,22 @@ def test_top_level_help_and_version(cli):
     r = run_cli("--version")  # the console script a user runs
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"compress {__version__}" and not r.stderr
+
+
+def test_the_commands_a_ci_runner_calls_do_not_import_torch():
+    """`compress submit`, `compress jobs`, `compress serve token` and the server's reading of reports need no torch:
+    importing it (and the exporter, onnxruntime, matplotlib) would cost every call seconds (issue 22)."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "torchvision", "onnx", "onnxruntime", "matplotlib")
+    code = ("import sys; import compressor, compressor.cli, compressor.cli.submit, compressor.cli.jobs, "
+            "compressor.service.app, compressor.service.dispatch, compressor.report.models; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+    # and the package's API is still there, imported on first use
+    r = subprocess.run([sys.executable, "-c", "import compressor; print(compressor.at_loss.__module__, "
+                        "compressor.load_recipe.__name__)"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.stdout.split() == ["compressor.distill.at", "load_recipe"], r.stdout + r.stderr
