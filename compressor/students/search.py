@@ -220,11 +220,12 @@ def search_student(
     if best is None:
         raise UserError(_unreachable(cfg, timed, rows, seconds))
     rows = [r.model_copy(update={"chosen": r.name == best.name}) for r in rows]
+    how = (f"widths by a secant search on measured latency, round_to {cfg.round_to} (and "
+           f"{', '.join(str(r) for r in ROUND_TOS if r != cfg.round_to)} at the best)" if widths else "every channel kept")
     search = LatencySearch(
         target=cfg.latency, target_ms=cfg.latency_ms, batch=cfg.latency_batch, provider=measured[0].provider,
         threads=measured[0].threads, searched=f"{what}: {len(rows)} candidates ({len(timed)} timed), depth levels "
-        f"{levels} of {len(ranked)} removable blocks, widths by a secant search on measured latency, round_to "
-        f"{cfg.round_to} (and {', '.join(str(r) for r in ROUND_TOS if r != cfg.round_to)} at the best)",
+        f"{levels} of {len(ranked)} removable blocks, {how}",
         blocks=[RankedBlock(name=n, loss_rise=r) for n, r in ranked], candidates=rows, chosen=best.name,
         seconds=seconds, calibration_images=n_calib, accuracy_images=sum(len(y) for _, y in accuracy_batches),
         accuracy_on=accuracy_on)
