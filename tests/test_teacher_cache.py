@@ -1,6 +1,6 @@
 """The teacher's export and ONNX accuracy are reused by the next run (in the process, and from the on-disk cache by
-the next process) only when nothing they depend on changed: the same weights, data (and the seed that draws a
-limited test subset) and export settings; a damaged cache entry is never served; `COMPRESSOR_CACHE=off` turns the
+the next process) only when nothing they depend on changed: the same weights, test data (and the seed that draws
+a limited test subset) and export settings, whatever the training images; a damaged cache entry is never served; `COMPRESSOR_CACHE=off` turns the
 disk cache off."""
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ def test_the_teachers_export_is_reused_only_for_the_same_teacher_data_and_seed(t
     assert run("b.onnx") == 12.5 and measured == ["a.onnx"]  # reused: same bytes, not measured again
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
 
+    # what shapes only the training images (how many, the validation share, augmentation) is not part of the key;
+    # the test subset is
+    train_only = load_recipe(RECIPE, ["data.limit_test=50", "data.limit_train=128", "data.val_fraction=0.25",
+                                      "data.pad=0", "data.flip=false", "data.augment=pad_crop"])
+    assert run("b2.onnx", r=train_only, d=load_data(train_only.data, 0)) == 12.5 and measured == ["a.onnx"]
+    other_test = load_recipe(RECIPE, ["data.limit_test=60", "data.limit_train=64"])
+    run("b3.onnx", r=other_test, d=load_data(other_test.data, 0))
+    assert measured == ["a.onnx", "b3.onnx"]
+    del measured[1:]
+
     other_seed = recipe.model_copy(update={"seed": 1})  # limit_test draws another subset
     run("c.onnx", r=other_seed, d=load_data(other_seed.data, 1))
     assert measured == ["a.onnx", "c.onnx"]
@@ -53,7 +63,7 @@ def test_the_teachers_export_is_reused_only_for_the_same_teacher_data_and_seed(t
     assert run("e.onnx") == 12.5 and measured == ["a.onnx", "c.onnx", "d.onnx"]
     assert (tmp_path / "e.onnx").read_bytes() == (tmp_path / "a.onnx").read_bytes()
     entries = sorted((tmp_path / "cache" / verify_student.CACHE_KIND).glob("*.bin"))
-    assert len(entries) == 3  # a, c, d: three keys
+    assert len(entries) == 4  # a, b3, c, d: four keys
 
     # a damaged entry is a miss (exported and measured again, then stored whole again)
     verify_student._teacher_done.clear()

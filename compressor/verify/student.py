@@ -46,6 +46,12 @@ def _installed_version() -> str:
         return "unknown"
 
 
+# data keys that shape only the training images (how many, the validation share, augmentation, decoding workers):
+# neither the teacher's ONNX file nor its accuracy on the test split depends on them, so runs that differ only in
+# them (an ablation over training budgets, a service's jobs on different training subsets) share one export
+TRAIN_ONLY = {"limit_train", "val_fraction", "pad", "flip", "augment", "workers"}
+
+
 def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: DataBundle) -> str:
     """What the teacher's ONNX file and accuracy depend on: its weights, the data, how it is exported and run, and
     the versions of what exports and runs it."""
@@ -58,7 +64,8 @@ def _teacher_key(teacher: nn.Module, teacher_arch: str, recipe: Recipe, data: Da
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     test_subset_seed = recipe.seed if recipe.data.limit_test else None  # limit_test draws its subset by the seed
     versions = (CACHE_FORMAT, _installed_version(), torch.__version__, onnx.__version__, onnxruntime.__version__)
-    for part in (teacher_arch, recipe.data.model_dump_json(), str(test_subset_seed), str(recipe.export.opset),
+    test_data = recipe.data.model_dump_json(exclude=TRAIN_ONLY)
+    for part in (teacher_arch, test_data, str(test_subset_seed), str(recipe.export.opset),
                  str(recipe.device), str(data.preprocess), str(len(data.test)), str(versions)):
         h.update(part.encode())
     return h.hexdigest()
