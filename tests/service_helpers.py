@@ -28,7 +28,7 @@ teacher: {{arch: wrn-10-1}}
 student: {{arch: wrn-10-1}}
 train: {{epochs: 1, batch_size: 32, lr: 0.05{extra_train}}}
 verify: {{batch_sizes: [1], min_runs: 10, min_seconds: 0, warmup: 2, rounds: 2, max_accuracy_drop: null,
-          min_speedup: {min_speedup}}}
+          min_speedup: {min_speedup}, threads: 1}}
 """
 
 
