@@ -67,9 +67,10 @@ postgres:
 
 # The suite runs on every core (pytest-xdist), one file's tests on one worker, one thread a worker: on a 2-core
 # machine two tests overlap their single-threaded parts (imports, process start-up, servers' polls) instead of
-# two threads of one test spinning. xdist hands out files by their number of tests, most first (ordering them by
-# measured duration instead made no difference to the wall time: BENCHMARKS section 11). `make test-fast` is the unit
-# tier alone (no whole job, no server): about a minute.
+# two threads of one test spinning; the tests' recipes give onnxruntime one thread too (verify.threads: 1). A third
+# worker only shared the two cores, and ordering the files by measured duration instead of xdist's own order (by
+# their number of tests) made no difference (BENCHMARKS section 11). `make test-fast` is the unit tier alone (no
+# whole job, no server): about a minute.
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 test: data browser postgres
