@@ -15,8 +15,12 @@ from __future__ import annotations
 import os
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compressor.core.errors import UserError
+
+if TYPE_CHECKING:  # the annotations only: torch is imported where CUDA is asked about
+    import torch
 
 
 def _meminfo(key: str) -> int | None:
