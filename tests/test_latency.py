@@ -179,8 +179,8 @@ def test_an_unreachable_target_names_the_closest_latency(teacher_ckpt, tmp_path,
 @pytest.mark.slow
 def test_torchvision_resnet18_grown_at_a_latency_target(tmp_path):
     """A random-init torchvision ResNet-18 on a tiny 3-channel 32 px ImageFolder made from Fashion-MNIST: grown
-    at half the teacher's latency by removing whole torchvision blocks (depth alone: what the WRN search above does
-    not cover; its width search times three to four times the candidates), or refused naming the closest latency
+    at half the teacher's latency by removing whole torchvision blocks (depth alone, one candidate a level: the WRN
+    search above covers width and depth together, up to 16 candidates), or refused naming the closest latency
     measured."""
     write_imagefolder(tmp_path / "folder")
     torch.manual_seed(0)

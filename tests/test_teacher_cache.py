@@ -1,7 +1,7 @@
 """The teacher's export and ONNX accuracy are reused by the next run (in the process, and from the on-disk cache by
 the next process) only when nothing they depend on changed: the same weights, test data (and the seed that draws
-a limited test subset) and export settings, whatever the training images; a damaged cache entry is never served; `COMPRESSOR_CACHE=off` turns the
-disk cache off."""
+a limited test subset) and export settings, whatever the training images; a damaged cache entry is never served;
+`COMPRESSOR_CACHE=off` turns the disk cache off."""
 
 from __future__ import annotations
 
