@@ -158,6 +158,19 @@ def test_parity_of_a_faithful_export(model, exported, test_data):
     assert result["argmax_agree"] == 1.0
 
 
+def test_pytorch_answers_once_and_onnxruntime_at_each_batch_size(model, exported, test_data):
+    """The reference is PyTorch's answer in chunks of the largest batch size (an image's logits do not depend on
+    its batch; 68 eager passes at batch 1 were most of the check's time); each ONNX batch size is held to it."""
+    calls = []
+    hook = model.register_forward_hook(lambda _m, inputs, _out: calls.append(len(inputs[0])))
+    try:
+        result = check_parity(model, exported[0], test_data[0][:64])
+    finally:
+        hook.remove()
+    assert calls == [17, 17, 17, 13]
+    assert set(result["per_batch"]) == {"1", "17"} and max(result["per_batch"].values()) <= 1e-4
+
+
 def test_parity_fails_when_the_onnx_graph_is_altered(model, exported, test_data, tmp_path):
     proto = onnx.load(exported[0])
     weight = max(proto.graph.initializer, key=lambda t: np.prod(t.dims))  # the largest conv kernel
