@@ -3,6 +3,7 @@
 import json
 
 import matplotlib.image as mpimg
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,8 @@ from compressor.distill.pairs import find_pairs
 from compressor.models import create_model
 from compressor.recipe.schema import DataConfig
 from compressor.verify.results import Latency, LatencyStats
-from compressor.report.figures import attention_figure, attention_maps, curves_figure, latency_figure, pick_images
+from compressor.report.figures import (CELL, attention_figure, attention_maps, attention_mosaic, curves_figure,
+                                       latency_figure, pick_images)
 
 from .conftest import RECIPE, run_cli_here, sets
 
@@ -41,6 +43,34 @@ def test_attention_figure_from_real_models_and_images(tmp_path):
     attention_figure(tmp_path / "a.png", images, x, ["a", "b", "c", "d"], teacher, before, after, pairs)
     img = png(tmp_path / "a.png")
     assert img.shape[1] > img.shape[0]  # 10 columns, 4 rows
+
+    # the picture drawn: per row the grey input, then per pair three maps on one colour scale per pair and image:
+    # the map with the highest peak reaches the top of the colour map, one with half its peak half way (bilinear
+    # upsampling lowers a one-pixel peak of a 28 px map by up to ~11 %)
+    students = [p.student.module for p in pairs]
+    triples = list(zip(attention_maps(teacher, x, [p.teacher.module for p in pairs], 2, "mean"),
+                       attention_maps(before, x, students, 2, "mean"), attention_maps(after, x, students, 2, "mean")))
+    mosaic, centres = attention_mosaic(images, triples)
+    assert len(centres) == 10 and mosaic.shape[0] == 4 * CELL + 3 * 4 and mosaic.shape[2] == 3
+    first = mosaic[:CELL, :CELL]
+    assert (first[..., 0] == first[..., 1]).all() and (first[..., 1] == first[..., 2]).all() and first.std() > 0.05
+    from matplotlib import colormaps
+
+    lut = colormaps["inferno"](np.linspace(0, 1, 256))[:, :3]
+
+    def peak(cell):  # the colour map's value at the cell's brightest pixel
+        return float(np.abs(cell.reshape(-1, 1, 3) - lut[None]).sum(-1).argmin(1).max()) / 255
+
+    ratios = []
+    for i in range(4):
+        for j, triple in enumerate(triples):
+            cells = [mosaic[i * (CELL + 4):i * (CELL + 4) + CELL, int(c - CELL / 2):int(c + CELL / 2)]
+                     for c in centres[1 + 3 * j:4 + 3 * j]]
+            raw = [float(m[i].max()) for m in triple]
+            for cell, r in zip(cells, raw):
+                ratios.append(r / max(raw))
+                assert abs(peak(cell) - r / max(raw)) < 0.15, (i, j, peak(cell), r / max(raw))
+    assert min(ratios) < 0.7  # some maps peak well below their pair's brightest: a scale per map would show here
 
 
 def test_curves_and_latency_figures(tmp_path):

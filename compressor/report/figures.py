@@ -64,38 +64,69 @@ def attention_maps(model: nn.Module, x: torch.Tensor, paths: list[str], p: float
     return [attention_map(a, p, mapping).view(a.shape[0], *a.shape[-2:]).cpu() for a in outs]
 
 
+CELL, GAP, GROUP_GAP = 64, 4, 12  # attention figure: pixels a panel, between panels, between pairs
+
+
+def _cell(m: torch.Tensor) -> torch.Tensor:
+    """(h, w) or (c, h, w) -> (c, CELL, CELL), bilinear (a 7x7 map is shown smooth, as imshow would)."""
+    m = m.float()
+    m = m[None] if m.dim() == 2 else m
+    return torch.nn.functional.interpolate(m[None], size=(CELL, CELL), mode="bilinear", align_corners=False)[0]
+
+
+def attention_mosaic(images: torch.Tensor, maps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """One RGB picture (H, W, 3) floats in [0, 1]: per row an image, then per pair its three maps (teacher |
+    before | after) coloured on one scale per pair and row, so the three compare; and each column's centre (px)."""
+    from matplotlib import colormaps
+
+    inferno = colormaps["inferno"]
+    n, pairs = len(images), len(maps)
+    widths = [CELL] + [CELL] * 3 * pairs
+    gaps = [GAP if j % 3 else GROUP_GAP for j in range(3 * pairs)]  # a wider gap before each pair's group
+    x0 = [0]
+    for w, g in zip(widths[:-1], gaps):
+        x0.append(x0[-1] + w + g)
+    mosaic = torch.ones(n * CELL + (n - 1) * GAP, x0[-1] + CELL, 3)
+    for i in range(n):
+        y = i * (CELL + GAP)
+        img = _cell(images[i]) / 255.0  # (C, CELL, CELL) uint8 range -> [0, 1]
+        mosaic[y:y + CELL, :CELL] = (img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]).permute(1, 2, 0)
+        for j, triple in enumerate(maps):
+            vmax = max(float(m[i].max()) for m in triple) or 1.0  # one colour scale per pair and image
+            for k, m in enumerate(triple):
+                v = (_cell(m[i])[0] / vmax).clamp(0, 1).numpy()
+                col = x0[1 + 3 * j + k]
+                mosaic[y:y + CELL, col:col + CELL] = torch.from_numpy(inferno(v)[..., :3]).float()
+    return mosaic.numpy(), [x + CELL / 2 for x in x0]
+
+
 def attention_figure(
     path: Path, images: torch.Tensor, x: torch.Tensor, titles: list[str], teacher: nn.Module, before: nn.Module,
     after: nn.Module, pairs: list[Pair], p: float = 2, mapping: str = "mean",
 ) -> None:
     """Rows: images; columns: the input, then per pair teacher | student before | student after.
 
-    images: (N, C, H, W) uint8 for display; x: the same images normalised, as the models see them.
+    images: (N, C, H, W) uint8 for display; x: the same images normalised, as the models see them. Drawn as one
+    picture on one axes (matplotlib spent ~1 s of every run laying out a grid of 40 axes).
     """
     students = [pair.student.module for pair in pairs]
     t_maps = attention_maps(teacher, x, [pair.teacher.module for pair in pairs], p, mapping)
     b_maps = attention_maps(before, x, students, p, mapping)
     a_maps = attention_maps(after, x, students, p, mapping)
-    n, cols = len(images), 1 + 3 * len(pairs)
-    fig = Figure(figsize=(1.25 * cols, 1.35 * n + 0.4))
-    axes = fig.subplots(n, cols, squeeze=False)
-    for i in range(n):
-        img = images[i].permute(1, 2, 0).numpy()
-        axes[i][0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
-        axes[i][0].set_ylabel(titles[i], fontsize=7)
-        for j, (t_path, s_path) in enumerate((pair.teacher.module, pair.student.module) for pair in pairs):
-            maps = (t_maps[j][i], b_maps[j][i], a_maps[j][i])
-            vmax = max(float(m.max()) for m in maps)  # one colour scale per pair, so the three maps compare
-            for k, (m, who) in enumerate(zip(maps, (f"teacher\n{t_path}", f"student before\n{s_path}",
-                                                    f"student after\n{s_path}"))):
-                ax = axes[i][1 + 3 * j + k]
-                ax.imshow(m.numpy(), cmap="inferno", vmin=0, vmax=vmax, interpolation="bilinear")
-                if i == 0:
-                    ax.set_title(who, fontsize=6)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].set_title("input", fontsize=6)
+    mosaic, centres = attention_mosaic(images, list(zip(t_maps, b_maps, a_maps)))
+    height, width = mosaic.shape[:2]
+    dpi = 110
+    fig = Figure(figsize=(width * 1.25 / dpi + 0.9, height * 1.25 / dpi + 0.7), dpi=dpi)
+    ax = fig.add_axes((0.08, 0.02, 0.9, 0.8))
+    ax.imshow(mosaic, interpolation="bilinear")
+    ax.set_axis_off()
+    heads = ["input"] + [f"{who}\n{path_}" for pair in pairs for who, path_ in
+                         (("teacher", pair.teacher.module), ("student before", pair.student.module),
+                          ("student after", pair.student.module))]
+    for c, head in zip(centres, heads):
+        ax.text(c, -4, head, ha="center", va="bottom", fontsize=6)
+    for i, title in enumerate(titles):
+        ax.text(-6, i * (CELL + GAP) + CELL / 2, title, ha="right", va="center", fontsize=7)
     fig.suptitle("attention maps (mean |A|^p over channels, L2-normalised)", fontsize=8)
     _save(fig, path)
 
