@@ -215,6 +215,9 @@ def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_
     ids: dict[str, set] = {k: set() for k in keys}
     latencies, errors = [], []
     urls = {"a": a.url, "b": b.url}
+    # one client for every poll: a new one per request builds an SSL context (the CA bundle parsed again, ~50 ms of
+    # CPU) even for plain http, and four threads polling for minutes spent ~2 CPU-minutes on it (py-spy, full suite)
+    http = httpx.Client(headers=_auth(), timeout=60)
 
     def client(mine: list[str]) -> None:
         """Submits its keys to both servers (a retry of the same request), then polls until they end; a refused
@@ -222,13 +225,13 @@ def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_
         try:
             for key in mine:
                 for name in ("a", "b"):
-                    r = _post(urls, name, sha, key)
+                    r = _post(http, urls, name, sha, key)
                     ids[key].add(r["id"])
             pending = set().union(*(ids[k] for k in mine))
             while pending:
                 for job_id in list(pending):
                     started = time.monotonic()
-                    job = _get(urls, job_id)
+                    job = _get(http, urls, job_id)
                     latencies.append(time.monotonic() - started)
                     if job["finished"]:
                         pending.discard(job_id)
@@ -256,7 +259,7 @@ def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_
         t.join(600)
     assert errors == []
     assert all(len(found) == 1 for found in ids.values()), ids  # the same key to both servers: one job
-    jobs = {job_id: _get(urls, job_id) for found in ids.values() for job_id in found}
+    jobs = {job_id: _get(http, urls, job_id) for found in ids.values() for job_id in found}
     assert len(jobs) == 8 and {j["state"] for j in jobs.values()} == {"succeeded"}, jobs
     handed = 0
     for job_id, job in jobs.items():
@@ -271,11 +274,11 @@ def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_
     print(f"status calls: {len(latencies)}, p50 {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")
 
 
-def _post(urls: dict, first: str, sha: str, key: str) -> dict:
+def _post(http: httpx.Client, urls: dict, first: str, sha: str, key: str) -> dict:
     for name in (first, "b" if first == "a" else "a") * 20:
         try:
-            r = httpx.post(urls[name] + "/v1/jobs", headers=_auth(), timeout=60,
-                           json={"teacher_sha256": sha, "recipe": LOAD, "idempotency_key": key})
+            r = http.post(urls[name] + "/v1/jobs",
+                          json={"teacher_sha256": sha, "recipe": LOAD, "idempotency_key": key})
             assert r.status_code in (200, 201), r.text
             return r.json()
         except httpx.TransportError:
@@ -283,10 +286,10 @@ def _post(urls: dict, first: str, sha: str, key: str) -> dict:
     raise AssertionError("no server answered")
 
 
-def _get(urls: dict, job_id: str) -> dict:
+def _get(http: httpx.Client, urls: dict, job_id: str) -> dict:
     for name in ("a", "b") * 20:
         try:
-            r = httpx.get(urls[name] + f"/v1/jobs/{job_id}", headers=_auth(), timeout=60)
+            r = http.get(urls[name] + f"/v1/jobs/{job_id}")
             assert r.status_code == 200, r.text
             return r.json()
         except httpx.TransportError:
