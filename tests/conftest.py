@@ -17,8 +17,10 @@ import torch
 from typer.testing import CliRunner
 
 from compressor.cli import app
+from compressor.core.memory import fewer_collections
 
 ROOT = Path(__file__).resolve().parents[1]
+fewer_collections()  # as the CLI's own process does (compressor.core.memory): the tests run its jobs in-process
 RECIPE = ROOT / "tests" / "smoke.yaml"  # scratch WRN-16-1 student; tests set their own sizes
 # A smoke budget: a few hundred real Fashion-MNIST images, one epoch, short latency runs.
 SMOKE = [
@@ -94,6 +96,7 @@ def _frozen_heap():
     gc.collect()
     gc.freeze()
     yield
+
 
 
 @pytest.fixture(autouse=True)

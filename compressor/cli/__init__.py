@@ -45,6 +45,9 @@ def _options(
 def main() -> None:
     import os
 
+    from compressor.core.memory import fewer_collections
+
+    fewer_collections()  # this process is ours: fewer passes of the cyclic collector over torch's modules
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 speaks (results and errors)
         from compressor.core.progress import console
 

@@ -12,6 +12,7 @@ used by the CLI's error handling), never a traceback.
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 from pathlib import Path
@@ -21,6 +22,19 @@ from compressor.core.errors import UserError
 
 if TYPE_CHECKING:  # the annotations only: torch is imported where CUDA is asked about
     import torch
+
+
+# The cyclic collector's thresholds for a process compressor owns (the CLI, a Ray worker): Python's default young
+# generation of 700 objects made a tiny `compress distill` run 8 full collections, ~1 s of its ~8 s, most of them
+# while importing torch, onnxscript and matplotlib (all still alive: nothing to find). 50,000 leaves 0.4 s of
+# collecting; the cycles a run makes are still collected, in fewer passes.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def fewer_collections() -> None:
+    """Raise the cyclic collector's thresholds (GC_THRESHOLDS) for this process: for process entry points only,
+    never called from the library, whose caller owns its process."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _meminfo(key: str) -> int | None:

@@ -119,8 +119,10 @@ def scratch_root() -> Path:
 def run_attempt(spec: dict, board) -> dict:
     """One attempt at a job (spec: job_id, attempt, resume, teacher_sha256, store, recipe, device); never raises
     for the library's own errors."""
+    from compressor.core.memory import fewer_collections
     from compressor.service.artifacts import Artifacts
 
+    fewer_collections()  # a Ray worker of this service: its process runs our jobs only
     store, job_id, attempt = Artifacts.from_spec(spec["store"]), spec["job_id"], spec["attempt"]
     root = scratch_root()
     work = root / f"{job_id}.{attempt}"
