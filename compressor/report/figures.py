@@ -81,11 +81,9 @@ def attention_mosaic(images: torch.Tensor, maps: list[tuple[torch.Tensor, torch.
 
     inferno = colormaps["inferno"]
     n, pairs = len(images), len(maps)
-    widths = [CELL] + [CELL] * 3 * pairs
-    gaps = [GAP if j % 3 else GROUP_GAP for j in range(3 * pairs)]  # a wider gap before each pair's group
-    x0 = [0]
-    for w, g in zip(widths[:-1], gaps):
-        x0.append(x0[-1] + w + g)
+    x0 = [0]  # each column's left edge: the input, then three maps a pair, a wider gap before each pair's three
+    for j in range(3 * pairs):
+        x0.append(x0[-1] + CELL + (GAP if j % 3 else GROUP_GAP))
     mosaic = torch.ones(n * CELL + (n - 1) * GAP, x0[-1] + CELL, 3)
     for i in range(n):
         y = i * (CELL + GAP)
