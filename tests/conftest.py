@@ -98,7 +98,6 @@ def _frozen_heap():
     yield
 
 
-
 @pytest.fixture(autouse=True)
 def _data_env(monkeypatch):
     monkeypatch.setenv("COMPRESSOR_DATA", str(ROOT / "data"))

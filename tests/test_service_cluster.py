@@ -215,7 +215,7 @@ def test_two_servers_on_one_postgresql_a_rolling_restart_loses_nothing_and_runs_
     ids: dict[str, set] = {k: set() for k in keys}
     latencies, errors = [], []
     urls = {"a": a.url, "b": b.url}
-    # one client for every poll: a new one per request builds an SSL context (the CA bundle parsed again, ~50 ms of
+    # one client for every poll: a new one per request builds an SSL context (the CA bundle parsed again, ~30 ms of
     # CPU) even for plain http, and four threads polling for minutes spent ~2 CPU-minutes on it (py-spy, full suite)
     http = httpx.Client(headers=_auth(), timeout=60)
 
