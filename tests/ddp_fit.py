@@ -15,6 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from compressor.core.memory import fewer_collections
+
+fewer_collections()  # before torch's import, as the console script does: this process is the test's
+
 import torch
 from torch import nn
 
