@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -67,11 +68,12 @@ def attention_maps(model: nn.Module, x: torch.Tensor, paths: list[str], p: float
 CELL, GAP, GROUP_GAP = 64, 4, 12  # attention figure: pixels a panel, between panels, between pairs
 
 
-def _cell(m: torch.Tensor) -> torch.Tensor:
-    """(h, w) or (c, h, w) -> (c, CELL, CELL), bilinear (a 7x7 map is shown smooth, as imshow would)."""
-    m = m.float()
-    m = m[None] if m.dim() == 2 else m
-    return torch.nn.functional.interpolate(m[None], size=(CELL, CELL), mode="bilinear", align_corners=False)[0]
+def _cells(t: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) maps or (N, C, h, w) images -> (N, C, CELL, CELL) floats, bilinear (a 7x7 map shown smooth, as
+    imshow would)."""
+    t = t.float()
+    t = t[:, None] if t.dim() == 3 else t
+    return torch.nn.functional.interpolate(t, size=(CELL, CELL), mode="bilinear", align_corners=False)
 
 
 def attention_mosaic(images: torch.Tensor, maps: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
@@ -84,18 +86,18 @@ def attention_mosaic(images: torch.Tensor, maps: list[tuple[torch.Tensor, torch.
     x0 = [0]  # each column's left edge: the input, then three maps a pair, a wider gap before each pair's three
     for j in range(3 * pairs):
         x0.append(x0[-1] + CELL + (GAP if j % 3 else GROUP_GAP))
-    mosaic = torch.ones(n * CELL + (n - 1) * GAP, x0[-1] + CELL, 3)
+    mosaic = np.ones((n * CELL + (n - 1) * GAP, x0[-1] + CELL, 3), dtype=np.float32)
+    inputs = (_cells(images) / 255.0).expand(-1, 3, -1, -1).permute(0, 2, 3, 1).numpy()  # grey: 1 channel -> 3
+    for j, triple in enumerate(maps):
+        vmax = torch.stack([m.flatten(1).amax(1) for m in triple]).amax(0).clamp_min(1e-12)  # (N,): a scale a row
+        for k, m in enumerate(triple):
+            coloured = inferno((_cells(m)[:, 0] / vmax[:, None, None]).clamp(0, 1).numpy())[..., :3]
+            col = x0[1 + 3 * j + k]
+            for i in range(n):
+                mosaic[i * (CELL + GAP):i * (CELL + GAP) + CELL, col:col + CELL] = coloured[i]
     for i in range(n):
-        y = i * (CELL + GAP)
-        img = _cell(images[i]) / 255.0  # (C, CELL, CELL) uint8 range -> [0, 1]
-        mosaic[y:y + CELL, :CELL] = (img.expand(3, -1, -1) if img.shape[0] == 1 else img[:3]).permute(1, 2, 0)
-        for j, triple in enumerate(maps):
-            vmax = max(float(m[i].max()) for m in triple) or 1.0  # one colour scale per pair and image
-            for k, m in enumerate(triple):
-                v = (_cell(m[i])[0] / vmax).clamp(0, 1).numpy()
-                col = x0[1 + 3 * j + k]
-                mosaic[y:y + CELL, col:col + CELL] = torch.from_numpy(inferno(v)[..., :3]).float()
-    return mosaic.numpy(), [x + CELL / 2 for x in x0]
+        mosaic[i * (CELL + GAP):i * (CELL + GAP) + CELL, :CELL] = inputs[i]
+    return mosaic, [x + CELL / 2 for x in x0]
 
 
 def attention_figure(
